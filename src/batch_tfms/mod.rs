@@ -1,0 +1,151 @@
+//! Stage 3, batch transforms: what fastai's `batch_tfms` do to a validation batch, as candle
+//! ops on the model's device.
+//!
+//! The pets recipe's `aug_transforms(size=224)` + `Normalize.from_stats(*imagenet_stats)`
+//! reduce, on the validation set, to:
+//! 1. [`IntToFloatTensor`]: `uint8` `(N, H, W, 3)` to `f32` `(N, 3, H, W)` divided by 255;
+//! 2. `AffineCoordTfm` with the identity affine at `size`: fastai's `_grid_sample`, i.e. an
+//!    'area' pre-interpolation ([`grid_sample::area_interpolate`]) when downsizing by more
+//!    than the rule in [`grid_sample::area_pre_size`], then a bilinear
+//!    [`grid_sample::grid_sample`] with reflection padding and `align_corners=True`;
+//! 3. [`Normalize`] with the ImageNet statistics.
+//!
+//! The random flips, rotations, zooms, warps and lighting changes of `aug_transforms` are
+//! training-only and are not applied, exactly as on fastai's validation set.
+
+pub mod grid_sample;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+pub use grid_sample::{
+    affine_grid, area_interpolate, fastai_grid_sample, grid_sample, identity_grid,
+};
+
+/// fastai's `IntToFloatTensor`: `x.float() / 255` (true division, as PyTorch does).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IntToFloatTensor;
+
+impl IntToFloatTensor {
+    /// Converts a `u8` batch laid out `(N, H, W, 3)` (as images are stored) to `f32`
+    /// `(N, 3, H, W)` in `[0, 1]`.
+    pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, _, c) = x.dims4().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "IntToFloatTensor: expected (N, H, W, C), got {:?}",
+                x.dims()
+            ))
+        })?;
+        if c != 3 {
+            return Err(Error::InvalidArgument(format!(
+                "IntToFloatTensor: expected 3 channels, got {c}"
+            )));
+        }
+        let x = x.permute((0, 3, 1, 2))?.to_dtype(DType::F32)?;
+        let d = Tensor::new(255f32, x.device())?;
+        Ok(x.broadcast_div(&d)?)
+    }
+}
+
+/// The ImageNet channel means fastai's `imagenet_stats` holds.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// The ImageNet channel standard deviations fastai's `imagenet_stats` holds.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// fastai's `Normalize.from_stats(mean, std)`: `(x - mean) / std` per channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation.
+    pub std: [f32; 3],
+}
+
+impl Default for Normalize {
+    /// `Normalize.from_stats(*imagenet_stats)`.
+    fn default() -> Self {
+        Normalize {
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+}
+
+impl Normalize {
+    /// Normalizes an `f32` `(N, 3, H, W)` batch.
+    pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
+        let device = x.device();
+        let mean = Tensor::new(&self.mean, device)?.reshape((1, 3, 1, 1))?;
+        let std = Tensor::new(&self.std, device)?.reshape((1, 3, 1, 1))?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
+    }
+}
+
+/// The whole validation batch pipeline: [`IntToFloatTensor`], fastai's `_grid_sample` to
+/// `height` x `width` with the identity affine, [`Normalize`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchTfms {
+    /// Output height (`size` of `aug_transforms`).
+    pub height: usize,
+    /// Output width.
+    pub width: usize,
+    /// The normalization.
+    pub normalize: Normalize,
+}
+
+impl Default for BatchTfms {
+    /// `aug_transforms(size=224)` + `Normalize.from_stats(*imagenet_stats)`.
+    fn default() -> Self {
+        BatchTfms {
+            height: 224,
+            width: 224,
+            normalize: Normalize::default(),
+        }
+    }
+}
+
+impl BatchTfms {
+    /// Runs the pipeline on a `u8` batch `(N, H, W, 3)` already on the target device and
+    /// returns the model input, `f32` `(N, 3, height, width)`.
+    pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
+        if self.height == 0 || self.width == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "batch transform size must be positive, got {}x{}",
+                self.height, self.width
+            )));
+        }
+        let x = IntToFloatTensor.encodes(x)?;
+        let n = x.dim(0)?;
+        let grid = identity_grid(n, self.height, self.width, x.device())?;
+        let x = fastai_grid_sample(&x, &grid)?;
+        self.normalize.encodes(&x)
+    }
+
+    /// Moves a batch of item-transformed images to `device` as one `u8` `(N, H, W, 3)`
+    /// tensor. All images must have the same size.
+    pub fn stack(images: &[image::RgbImage], device: &Device) -> Result<Tensor> {
+        let first = images
+            .first()
+            .ok_or_else(|| Error::InvalidArgument("empty batch".into()))?;
+        let (w, h) = first.dimensions();
+        let mut data = Vec::with_capacity(images.len() * (w * h * 3) as usize);
+        for img in images {
+            if img.dimensions() != (w, h) {
+                return Err(Error::InvalidArgument(format!(
+                    "batch images differ in size: {}x{} and {}x{}",
+                    w,
+                    h,
+                    img.width(),
+                    img.height()
+                )));
+            }
+            data.extend_from_slice(img.as_raw());
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (images.len(), h as usize, w as usize, 3),
+            device,
+        )?)
+    }
+}

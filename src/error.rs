@@ -1,0 +1,193 @@
+//! The crate's typed errors.
+//!
+//! Every failure caused by user input (an image, a weights file, a labels file, an argument)
+//! comes back as an [`Error`] that names the file, the key and the expected and found values.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong between an image file and a [`crate::Prediction`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read (missing, a directory, no permission, ...).
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Io {
+        /// What the file was meant to be: "image", "weights", "labels".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// An image's bytes could not be decoded.
+    #[error("cannot decode image {origin}: {source}")]
+    ImageDecode {
+        /// The file, or `<memory>` for in-memory bytes.
+        origin: String,
+        /// The decoder's error.
+        source: image::ImageError,
+    },
+
+    /// An image decoded, but has a pixel format this crate does not convert the way PIL does.
+    #[error("unsupported image {origin}: {reason}")]
+    UnsupportedImage {
+        /// The file, or `<memory>` for in-memory bytes.
+        origin: String,
+        /// What is unsupported.
+        reason: String,
+    },
+
+    /// A weights file is not a readable safetensors file.
+    #[error("invalid safetensors file {}: {reason}", path.display())]
+    InvalidWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A weights file's tensors do not match the model: every missing key, unexpected key
+    /// and shape mismatch is listed.
+    #[error("weights {} do not match a fastai ViT vision_learner ({} problem(s)):\n{}", path.display(), problems.len(), KeyProblems(problems))]
+    WeightsMismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// One entry per offending key, sorted by key.
+        problems: Vec<KeyProblem>,
+    },
+
+    /// The vocab's length differs from the number of classes the model's head outputs.
+    #[error("vocab from {origin} has {found} labels but the model's head (1.6.weight) outputs {expected} classes")]
+    VocabMismatch {
+        /// Where the vocab came from.
+        origin: String,
+        /// The number of classes of the model.
+        expected: usize,
+        /// The number of labels found.
+        found: usize,
+    },
+
+    /// No vocab was found: the weights carry none in their metadata and no labels file was given.
+    #[error("weights {} carry no vocab in their safetensors metadata (key \"vocab\"); pass a labels file (one label per line)", path.display())]
+    MissingVocab {
+        /// The weights file.
+        path: PathBuf,
+    },
+
+    /// A metadata entry of the weights file could not be parsed.
+    #[error("invalid metadata \"{key}\" in {}: {reason}", path.display())]
+    InvalidMetadata {
+        /// The weights file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An argument is out of its domain (a zero size, an empty batch, a wrong tensor shape).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// An error from candle while running tensor ops.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// One key of a weights file that does not fit the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The model needs this key and the file lacks it.
+    Missing {
+        /// The state_dict key, e.g. `0.model.blocks.3.attn.qkv.weight`.
+        key: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+    },
+    /// The file has a key the model does not use.
+    Unexpected {
+        /// The state_dict key.
+        key: String,
+        /// The shape found in the file.
+        found: Vec<usize>,
+    },
+    /// The key is present with a different shape.
+    ShapeMismatch {
+        /// The state_dict key.
+        key: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape found in the file.
+        found: Vec<usize>,
+    },
+    /// The key is present with a dtype the model cannot use.
+    DType {
+        /// The state_dict key.
+        key: String,
+        /// The dtypes accepted for this key.
+        expected: String,
+        /// The dtype found in the file.
+        found: String,
+    },
+}
+
+impl KeyProblem {
+    /// The state_dict key this problem is about.
+    pub fn key(&self) -> &str {
+        match self {
+            KeyProblem::Missing { key, .. }
+            | KeyProblem::Unexpected { key, .. }
+            | KeyProblem::ShapeMismatch { key, .. }
+            | KeyProblem::DType { key, .. } => key,
+        }
+    }
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyProblem::Missing { key, expected } => {
+                write!(f, "missing key {key} (expected shape {expected:?})")
+            }
+            KeyProblem::Unexpected { key, found } => {
+                write!(f, "unexpected key {key} (shape {found:?})")
+            }
+            KeyProblem::ShapeMismatch {
+                key,
+                expected,
+                found,
+            } => write!(
+                f,
+                "shape mismatch for {key}: expected {expected:?}, found {found:?}"
+            ),
+            KeyProblem::DType {
+                key,
+                expected,
+                found,
+            } => write!(
+                f,
+                "unsupported dtype for {key}: expected {expected}, found {found}"
+            ),
+        }
+    }
+}
+
+/// Formats a list of problems one per line.
+struct KeyProblems<'a>(&'a [KeyProblem]);
+
+impl fmt::Display for KeyProblems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The facade: a [`Learner`] that holds the model, the vocab and the validation transforms,
+//! with fastai's `learn.predict` as its mental model.
+
+use std::path::Path;
+
+use candle_core::{Device, Module, Tensor};
+use image::RgbImage;
+
+use crate::batch_tfms::BatchTfms;
+use crate::categorize::{Prediction, Vocab};
+use crate::decode::load_image;
+use crate::error::{Error, Result};
+use crate::item_tfms::RandomResizedCrop;
+use crate::model::FastaiVit;
+use crate::weights::FastaiWeights;
+
+/// A fastai ViT classifier ready for inference: decode, item transforms, batch transforms,
+/// model, decoding, as `learn.predict` runs them on fastai's validation pipeline.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    model: FastaiVit,
+    vocab: Vocab,
+    item_tfms: RandomResizedCrop,
+    batch_tfms: BatchTfms,
+    device: Device,
+}
+
+impl Learner {
+    /// Loads a safetensors file of fastai's state_dict whose metadata carries the vocab, with
+    /// the pets recipe's transforms (`RandomResizedCrop(460)`, `aug_transforms(size=224)`,
+    /// ImageNet normalization).
+    pub fn load(weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let w = FastaiWeights::load(weights, device)?;
+        let vocab = w.vocab()?.ok_or_else(|| Error::MissingVocab {
+            path: w.path().to_path_buf(),
+        })?;
+        Self::from_weights(&w, vocab)
+    }
+
+    /// Loads weights with the vocab from a labels file (one label per line), which takes
+    /// precedence over any vocab in the weights' metadata.
+    pub fn load_with_labels(
+        weights: impl AsRef<Path>,
+        labels: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let labels = labels.as_ref();
+        let w = FastaiWeights::load(weights, device)?;
+        let vocab = Vocab::from_labels_file(labels)?;
+        vocab.check_len(w.config().num_classes, &labels.display().to_string())?;
+        Self::from_weights(&w, vocab)
+    }
+
+    /// Builds a learner from loaded weights and a vocab, with the pets recipe's transforms.
+    pub fn from_weights(weights: &FastaiWeights, vocab: Vocab) -> Result<Self> {
+        vocab.check_len(weights.config().num_classes, "the given vocab")?;
+        let model = weights.build_model()?;
+        let device = model.device();
+        Ok(Learner {
+            model,
+            vocab,
+            item_tfms: RandomResizedCrop::default(),
+            batch_tfms: BatchTfms::default(),
+            device,
+        })
+    }
+
+    /// Replaces the item transform (default `RandomResizedCrop(460)`).
+    pub fn with_item_tfms(mut self, item_tfms: RandomResizedCrop) -> Self {
+        self.item_tfms = item_tfms;
+        self
+    }
+
+    /// Replaces the batch transforms (default size 224 with ImageNet statistics).
+    pub fn with_batch_tfms(mut self, batch_tfms: BatchTfms) -> Self {
+        self.batch_tfms = batch_tfms;
+        self
+    }
+
+    /// The vocab (fastai's `dls.vocab`).
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The model.
+    pub fn model(&self) -> &FastaiVit {
+        &self.model
+    }
+
+    /// The device the model and the batch transforms run on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The item transform.
+    pub fn item_tfms(&self) -> &RandomResizedCrop {
+        &self.item_tfms
+    }
+
+    /// The batch transforms.
+    pub fn batch_tfms(&self) -> &BatchTfms {
+        &self.batch_tfms
+    }
+
+    /// The normalized model input for decoded RGB images, `f32` `(N, 3, 224, 224)` on the
+    /// learner's device: item transforms, then batch transforms.
+    pub fn model_input(&self, images: &[RgbImage]) -> Result<Tensor> {
+        let items = images
+            .iter()
+            .map(|img| self.item_tfms.encodes(img))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = BatchTfms::stack(&items, &self.device)?;
+        self.batch_tfms.encodes(&batch)
+    }
+
+    /// The logits `(N, num_classes)` for a normalized model input.
+    pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(self.model.forward(input)?)
+    }
+
+    /// Predicts one decoded RGB image.
+    pub fn predict(&self, image: &RgbImage) -> Result<Prediction> {
+        let mut preds = self.predict_batch(std::slice::from_ref(image))?;
+        preds
+            .pop()
+            .ok_or_else(|| Error::InvalidArgument("internal: empty prediction".into()))
+    }
+
+    /// Decodes an image file (as `PILImage.create` does) and predicts it.
+    pub fn predict_path(&self, path: impl AsRef<Path>) -> Result<Prediction> {
+        self.predict(&load_image(path)?)
+    }
+
+    /// Predicts a batch of decoded RGB images in one forward pass; the results equal one
+    /// [`Learner::predict`] per image.
+    pub fn predict_batch(&self, images: &[RgbImage]) -> Result<Vec<Prediction>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = self.model_input(images)?;
+        let logits = self.logits(&input)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        logits
+            .iter()
+            .map(|row| Prediction::from_logits(row, &self.vocab))
+            .collect()
+    }
+}

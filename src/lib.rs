@@ -1,0 +1,56 @@
+//! # fastai-infer
+//!
+//! Run fastai-trained image classifiers (a timm ViT body with fastai's head, as
+//! `vision_learner` builds them) in pure Rust on [candle], with the same answers fastai gives:
+//! no Python, PyTorch or PIL at run time.
+//!
+//! The modules follow fastai's validation pipeline, one stage each:
+//!
+//! | stage | fastai | here |
+//! |---|---|---|
+//! | decode | `PILImage.create` (`convert('RGB')`) | [`decode`] |
+//! | item transforms | `RandomResizedCrop(460)` (validation: squish to 532, centre crop) | [`item_tfms`] |
+//! | batch transforms | `IntToFloatTensor`, `aug_transforms(size=224)`, `Normalize` | [`batch_tfms`] |
+//! | model | `vision_learner(dls, 'vit_tiny_patch16_224')` | [`model`], weights in [`weights`] |
+//! | decode labels | softmax, argmax, `dls.vocab` | [`categorize`] |
+//! | facade | `Learner.predict` | [`Learner`] |
+//!
+//! ```
+//! use candle_core::Device;
+//! use fastai_infer::Learner;
+//!
+//! # fn main() -> fastai_infer::Result<()> {
+//! let root = env!("CARGO_MANIFEST_DIR");
+//! let learn = Learner::load(format!("{root}/weights/pets_vit_tiny.safetensors"), &Device::Cpu)?;
+//! let pred = learn.predict_path(format!("{root}/tests/fixtures/images/chelsea.png"))?;
+//! println!("{} ({:.3})", pred.label, pred.probabilities[pred.index]);
+//! for r in pred.top_k(3) {
+//!     println!("{:>30} {:.4}", r.label, r.probability);
+//! }
+//! # assert_eq!(pred.probabilities.len(), learn.vocab().len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [candle]: https://github.com/huggingface/candle
+
+#![warn(missing_docs)]
+
+pub mod batch_tfms;
+pub mod categorize;
+pub mod decode;
+pub mod error;
+pub mod item_tfms;
+pub mod learner;
+pub mod model;
+pub mod weights;
+
+pub use categorize::{Prediction, Ranked, Vocab};
+pub use decode::{load_image, load_image_from_memory};
+pub use error::{Error, KeyProblem, Result};
+pub use learner::Learner;
+pub use model::{Config, FastaiVit};
+pub use weights::FastaiWeights;
+
+/// Re-exported so users can name devices and tensors without adding candle themselves.
+pub use candle_core;

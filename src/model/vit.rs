@@ -1,0 +1,200 @@
+//! The body: timm's `VisionTransformer` as built by
+//! `timm.create_model('vit_tiny_patch16_224', num_classes=0)`, in candle-nn.
+//!
+//! Struct and field names mirror timm's module names, so each weight's key reads off the
+//! struct path (`blocks.3.attn.qkv.weight` is `VisionTransformer::blocks[3].attn.qkv`).
+
+use candle_core::{Module, Tensor, D};
+use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+
+use super::Config;
+
+/// timm's `PatchEmbed`: a 16x16 stride-16 convolution, computed as one matmul over the
+/// flattened patches.
+#[derive(Debug, Clone)]
+pub struct PatchEmbed {
+    /// `proj.weight` reshaped to `(embed_dim, 3 * patch * patch)` and transposed.
+    weight_t: Tensor,
+    /// `proj.bias`.
+    bias: Tensor,
+    patch_size: usize,
+    embed_dim: usize,
+}
+
+impl PatchEmbed {
+    /// Loads `proj.weight` `(embed_dim, 3, patch, patch)` and `proj.bias`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let p = cfg.patch_size;
+        let vb = vb.pp("proj");
+        let w = vb.get((cfg.embed_dim, cfg.in_chans, p, p), "weight")?;
+        let weight_t = w
+            .reshape((cfg.embed_dim, cfg.in_chans * p * p))?
+            .t()?
+            .contiguous()?;
+        let bias = vb.get(cfg.embed_dim, "bias")?;
+        Ok(PatchEmbed {
+            weight_t,
+            bias,
+            patch_size: p,
+            embed_dim: cfg.embed_dim,
+        })
+    }
+}
+
+impl Module for PatchEmbed {
+    /// `(B, C, H, W)` to `(B, num_patches, embed_dim)`, patches in row-major order.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let patches = x
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, c * p * p))?;
+        let y = patches.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        y.reshape((b, gh * gw, self.embed_dim))
+    }
+}
+
+/// timm's `Attention`: fused `qkv` linear, scaled dot-product attention, `proj`.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// Loads `qkv.*` and `proj.*`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let dim = cfg.embed_dim;
+        Ok(Attention {
+            qkv: linear(dim, dim * 3, vb.pp("qkv"))?,
+            proj: linear(dim, dim, vb.pp("proj"))?,
+            num_heads: cfg.num_heads,
+            scale: 1.0 / ((dim / cfg.num_heads) as f64).sqrt(),
+        })
+    }
+}
+
+impl Module for Attention {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let hd = c / self.num_heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, self.num_heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = q.matmul(&k.t()?)?;
+        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        let y = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        self.proj.forward(&y)
+    }
+}
+
+/// timm's `Mlp`: `fc1`, exact (erf) GELU, `fc2`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    /// Loads `fc1.*` and `fc2.*`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let hidden = cfg.mlp_hidden();
+        Ok(Mlp {
+            fc1: linear(cfg.embed_dim, hidden, vb.pp("fc1"))?,
+            fc2: linear(hidden, cfg.embed_dim, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// timm's pre-norm transformer `Block`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+fn ln(cfg: &Config, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    let c = LayerNormConfig {
+        eps: cfg.layer_norm_eps,
+        ..Default::default()
+    };
+    layer_norm(cfg.embed_dim, c, vb)
+}
+
+impl Block {
+    /// Loads `norm1`, `attn`, `norm2`, `mlp`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Block {
+            norm1: ln(cfg, vb.pp("norm1"))?,
+            attn: Attention::new(cfg, vb.pp("attn"))?,
+            norm2: ln(cfg, vb.pp("norm2"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+    }
+}
+
+/// timm's `VisionTransformer` with `num_classes=0` and `global_pool='token'`: returns the
+/// final-normed class token, `(B, embed_dim)`.
+#[derive(Debug, Clone)]
+pub struct VisionTransformer {
+    patch_embed: PatchEmbed,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+}
+
+impl VisionTransformer {
+    /// Loads the body from `vb` rooted at timm's names (fastai's `0.model.`).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(VisionTransformer {
+            patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"))?,
+            cls_token: vb.get((1, 1, cfg.embed_dim), "cls_token")?,
+            pos_embed: vb.get((1, cfg.num_patches() + 1, cfg.embed_dim), "pos_embed")?,
+            blocks,
+            norm: ln(cfg, vb.pp("norm"))?,
+        })
+    }
+}
+
+impl Module for VisionTransformer {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.patch_embed.forward(x)?;
+        let (b, _, c) = x.dims3()?;
+        let cls = self.cls_token.broadcast_as((b, 1, c))?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = self.norm.forward(&x)?;
+        x.narrow(D::Minus2, 0, 1)?.squeeze(D::Minus2)
+    }
+}

@@ -1,0 +1,106 @@
+//! Batch transforms against PyTorch: area interpolation at several ratios, grid_sample on
+//! non-identity affine grids (rotation, zoom, translation past the border), affine_grid, and
+//! fastai's `_grid_sample` with its area pre-interpolation.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use fastai_infer::batch_tfms::{
+    affine_grid, area_interpolate, fastai_grid_sample, grid_sample, identity_grid, BatchTfms,
+};
+
+fn to_unit(x8: &Tensor) -> Tensor {
+    // IntToFloatTensor: x.float() / 255 (true division).
+    x8.to_dtype(DType::F32)
+        .unwrap()
+        .broadcast_div(&Tensor::new(255f32, x8.device()).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn area_interpolation_matches_torch() {
+    let t = common::load("stages/area.safetensors");
+    let mut n = 0;
+    for (src_key, x) in [
+        ("x460", to_unit(&t["x460_u8"])),
+        ("x37x53", t["x37x53"].clone()),
+    ] {
+        for (key, want) in t
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{src_key}_")) && !k.ends_with("u8"))
+        {
+            let (_, _, oh, ow) = want.dims4().unwrap();
+            let got = area_interpolate(&x, oh, ow).unwrap();
+            let d = common::max_abs_diff(&got, want);
+            println!("{key}: max abs diff {d:e}");
+            assert!(d <= 1e-7, "{key}: area interpolation differs by {d}");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 7);
+}
+
+#[test]
+fn grid_sample_matches_torch_on_affine_grids() {
+    let t = common::load("stages/grid_sample.safetensors");
+    let input = &t["input"];
+    let mut n = 0;
+    for key in t.keys().filter(|k| k.ends_with("_grid") && !k.starts_with("fastai")) {
+        let stem = key.trim_end_matches("_grid");
+        let got = grid_sample(input, &t[key]).unwrap();
+        let d = common::max_abs_diff(&got, &t[&format!("{stem}_out")]);
+        println!("{stem}: max abs diff {d:e}");
+        assert!(d <= 1e-6, "{stem}: grid_sample differs by {d}");
+        n += 1;
+    }
+    assert_eq!(n, 12);
+}
+
+#[test]
+fn affine_grid_matches_torch() {
+    let t = common::load("stages/grid_sample.safetensors");
+    let mut n = 0;
+    for key in t.keys().filter(|k| k.ends_with("_theta")) {
+        let stem = key.trim_end_matches("_theta");
+        let want = &t[&format!("{stem}_grid")];
+        let (_, h, w, _) = want.dims4().unwrap();
+        let got = affine_grid(&t[key], h, w).unwrap();
+        let d = common::max_abs_diff(&got, want);
+        assert!(d <= 1e-6, "{stem}: affine_grid differs by {d}");
+        n += 1;
+    }
+    assert_eq!(n, 12);
+    // The identity grid is torch's linspace bit for bit.
+    let eye = identity_grid(1, 224, 224, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(common::max_abs_diff(&eye, &t["fastai_grid"]), 0.0);
+}
+
+#[test]
+fn fastai_grid_sample_matches_fastai() {
+    let t = common::load("stages/grid_sample.safetensors");
+    let x = to_unit(&t["fastai_input_u8"]);
+    for (grid, out) in [
+        ("fastai_grid", "fastai_out"),
+        ("fastai_zoom_grid", "fastai_zoom_out"),
+    ] {
+        let got = fastai_grid_sample(&x, &t[grid]).unwrap();
+        let d = common::max_abs_diff(&got, &t[out]);
+        println!("{out}: max abs diff {d:e}");
+        assert!(d <= 1e-6, "{out}: differs from fastai's _grid_sample by {d}");
+    }
+}
+
+#[test]
+fn batch_tfms_match_fastai_normalized_input() {
+    // Feed fastai's own item bytes, so this checks the batch transforms alone.
+    let mut n = 0;
+    for f in common::manifest() {
+        let g = common::load(&format!("golden/{}", f.golden));
+        let item = g["item"].unsqueeze(0).unwrap();
+        let got = BatchTfms::default().encodes(&item).unwrap();
+        let d = common::max_abs_diff(&got, &g["input"]);
+        assert!(d <= 1e-6, "{}: normalized input differs by {d}", f.image);
+        n += 1;
+    }
+    assert!(n >= 10);
+}

@@ -1,0 +1,115 @@
+//! End to end against fastai: the model on fastai's own input (logits, probabilities), and the
+//! whole pipeline from the image file (normalized input, probabilities, top-1).
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use fastai_infer::{load_image, Learner};
+
+fn learner() -> Learner {
+    Learner::load(common::weights(), &Device::Cpu).expect("shipped weights load")
+}
+
+#[test]
+fn model_matches_fastai_logits_and_probabilities() {
+    let learn = learner();
+    for f in common::manifest() {
+        let g = common::load(&format!("golden/{}", f.golden));
+        let logits = learn.logits(&g["input"]).unwrap();
+        let d = common::max_abs_diff(&logits, &g["logits"]);
+        assert!(d <= 1e-4, "{}: logits differ by {d}", f.image);
+        let row = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let pred = fastai_infer::Prediction::from_logits(&row, learn.vocab()).unwrap();
+        let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
+        let dp = common::max_abs_diff(&probs, &g["probs"]);
+        assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", f.image);
+        assert_eq!(pred.index, f.index, "{}: top-1", f.image);
+    }
+}
+
+#[test]
+fn lossless_images_match_fastai_end_to_end() {
+    let learn = learner();
+    let mut n = 0;
+    for f in common::manifest().into_iter().filter(|f| f.lossless) {
+        let g = common::load(&format!("golden/{}", f.golden));
+        let path = common::fixtures().join("images").join(&f.image);
+        let img = load_image(&path).unwrap();
+        let input = learn.model_input(std::slice::from_ref(&img)).unwrap();
+        let d = common::max_abs_diff(&input, &g["input"]);
+        assert!(d <= 1e-6, "{}: normalized input differs by {d}", f.image);
+        let pred = learn.predict_path(&path).unwrap();
+        let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
+        let dp = common::max_abs_diff(&probs, &g["probs"]);
+        println!(
+            "{:24} input {d:.1e}  probs {dp:.1e}  {} ({:.4})",
+            f.image, pred.label, pred.probabilities[pred.index]
+        );
+        assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", f.image);
+        assert_eq!(pred.label, f.label, "{}: top-1 label", f.image);
+        n += 1;
+    }
+    assert!(n >= 8);
+}
+
+#[test]
+fn jpeg_images_keep_fastai_top1() {
+    let learn = learner();
+    for f in common::manifest().into_iter().filter(|f| !f.lossless) {
+        let g = common::load(&format!("golden/{}", f.golden));
+        let path = common::fixtures().join("images").join(&f.image);
+        let img = load_image(&path).unwrap();
+        let input = learn.model_input(std::slice::from_ref(&img)).unwrap();
+        let d = common::max_abs_diff(&input, &g["input"]);
+        let pred = learn.predict(&img).unwrap();
+        let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
+        let dp = common::max_abs_diff(&probs, &g["probs"]);
+        println!(
+            "{:24} JPEG decoder vs libjpeg-turbo: input max diff {d:.3e}, probs max diff {dp:.3e}",
+            f.image
+        );
+        assert_eq!(pred.label, f.label, "{}: top-1 label", f.image);
+        assert!(dp <= 2e-2, "{}: probabilities differ by {dp}", f.image);
+    }
+}
+
+#[test]
+fn predict_batch_equals_one_predict_per_image() {
+    let learn = learner();
+    let images: Vec<_> = common::manifest()
+        .iter()
+        .map(|f| load_image(common::fixtures().join("images").join(&f.image)).unwrap())
+        .collect();
+    let batch = learn.predict_batch(&images).unwrap();
+    assert_eq!(batch.len(), images.len());
+    for (img, b) in images.iter().zip(&batch) {
+        let one = learn.predict(img).unwrap();
+        assert_eq!(one.index, b.index);
+        assert_eq!(one.label, b.label);
+        let d = one
+            .probabilities
+            .iter()
+            .zip(&b.probabilities)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-6, "batch vs single differ by {d}");
+    }
+    assert!(learn.predict_batch(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn predictions_are_peaked_and_vocab_is_the_pets_breeds() {
+    let learn = learner();
+    assert_eq!(learn.vocab().len(), 37);
+    assert_eq!(learn.vocab().get(0), Some("Abyssinian"));
+    let pred = learn
+        .predict_path(common::fixtures().join("images/chelsea.png"))
+        .unwrap();
+    let top = pred.top_k(3);
+    assert_eq!(top.len(), 3);
+    assert!(top[0].probability >= top[1].probability && top[1].probability >= top[2].probability);
+    assert!(
+        top[0].probability > 0.5,
+        "fixture model should be confident on a training photo"
+    );
+}
