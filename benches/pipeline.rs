@@ -38,7 +38,9 @@ fn benches(c: &mut Criterion) {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        g.bench_function(format!("batch{n}"), |b| b.iter(|| learn.logits(&x).unwrap()));
+        g.bench_function(format!("batch{n}"), |b| {
+            b.iter(|| learn.logits(&x).unwrap())
+        });
     }
     g.finish();
 

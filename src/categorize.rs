@@ -86,9 +86,12 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 pub fn argmax(values: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (i, &v) in values.iter().enumerate() {
-        match best {
-            Some((_, b)) if !(v > b) => {}
-            _ => best = Some((i, v)),
+        let better = match best {
+            None => true,
+            Some((_, b)) => v > b,
+        };
+        if better {
+            best = Some((i, v));
         }
     }
     best.map(|(i, _)| i)

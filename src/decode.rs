@@ -68,12 +68,10 @@ pub fn to_rgb(img: DynamicImage, origin: &str) -> Result<RgbImage> {
     }
     let rgb = match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageRgba8(rgba) => {
-            RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                let p = rgba.get_pixel(x, y).0;
-                image::Rgb([p[0], p[1], p[2]])
-            })
-        }
+        DynamicImage::ImageRgba8(rgba) => RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            let p = rgba.get_pixel(x, y).0;
+            image::Rgb([p[0], p[1], p[2]])
+        }),
         DynamicImage::ImageLuma8(l) => RgbImage::from_fn(l.width(), l.height(), |x, y| {
             let v = l.get_pixel(x, y).0[0];
             image::Rgb([v, v, v])

@@ -138,7 +138,10 @@ impl Learner {
             return Ok(Vec::new());
         }
         let input = self.model_input(images)?;
-        let logits = self.logits(&input)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        let logits = self
+            .logits(&input)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
         logits
             .iter()
             .map(|row| Prediction::from_logits(row, &self.vocab))

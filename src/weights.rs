@@ -125,8 +125,12 @@ impl FastaiWeights {
                     if !ok {
                         problems.push(KeyProblem::DType {
                             key: key.clone(),
-                            expected: if counter { "an integer" } else { "F32, F16 or BF16" }
-                                .to_string(),
+                            expected: if counter {
+                                "an integer"
+                            } else {
+                                "F32, F16 or BF16"
+                            }
+                            .to_string(),
                             found: format!("{dtype:?}"),
                         });
                     }

@@ -33,7 +33,7 @@ fn area_interpolation_matches_torch() {
             let got = area_interpolate(&x, oh, ow).unwrap();
             let d = common::max_abs_diff(&got, want);
             println!("{key}: max abs diff {d:e}");
-            assert!(d <= 1e-7, "{key}: area interpolation differs by {d}");
+            assert_eq!(d, 0.0, "{key}: area interpolation differs by {d}");
             n += 1;
         }
     }
@@ -45,12 +45,15 @@ fn grid_sample_matches_torch_on_affine_grids() {
     let t = common::load("stages/grid_sample.safetensors");
     let input = &t["input"];
     let mut n = 0;
-    for key in t.keys().filter(|k| k.ends_with("_grid") && !k.starts_with("fastai")) {
+    for key in t
+        .keys()
+        .filter(|k| k.ends_with("_grid") && !k.starts_with("fastai"))
+    {
         let stem = key.trim_end_matches("_grid");
         let got = grid_sample(input, &t[key]).unwrap();
         let d = common::max_abs_diff(&got, &t[&format!("{stem}_out")]);
         println!("{stem}: max abs diff {d:e}");
-        assert!(d <= 1e-6, "{stem}: grid_sample differs by {d}");
+        assert_eq!(d, 0.0, "{stem}: grid_sample differs by {d}");
         n += 1;
     }
     assert_eq!(n, 12);
@@ -86,7 +89,7 @@ fn fastai_grid_sample_matches_fastai() {
         let got = fastai_grid_sample(&x, &t[grid]).unwrap();
         let d = common::max_abs_diff(&got, &t[out]);
         println!("{out}: max abs diff {d:e}");
-        assert!(d <= 1e-6, "{out}: differs from fastai's _grid_sample by {d}");
+        assert_eq!(d, 0.0, "{out}: differs from fastai's _grid_sample by {d}");
     }
 }
 

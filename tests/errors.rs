@@ -19,12 +19,8 @@ fn edited_weights(
     edit(&mut t);
     let path = dir.path().join(name);
     let views: Vec<(String, Tensor)> = t.into_iter().collect();
-    safetensors::serialize_to_file(
-        views.iter().map(|(k, v)| (k.clone(), v)),
-        metadata,
-        &path,
-    )
-    .unwrap();
+    safetensors::serialize_to_file(views.iter().map(|(k, v)| (k.clone(), v)), metadata, &path)
+        .unwrap();
     path
 }
 
@@ -123,7 +119,11 @@ fn class_count_comes_from_the_head_and_vocab_length_must_match() {
         &dir,
         "five.safetensors",
         |t| {
-            let w = t["1.6.weight"].narrow(0, 0, 5).unwrap().contiguous().unwrap();
+            let w = t["1.6.weight"]
+                .narrow(0, 0, 5)
+                .unwrap()
+                .contiguous()
+                .unwrap();
             t.insert("1.6.weight".into(), w);
         },
         Some(pets_vocab_metadata()),
@@ -132,7 +132,14 @@ fn class_count_comes_from_the_head_and_vocab_length_must_match() {
     assert_eq!(w.config().num_classes, 5);
     let err = Learner::load(&p, &Device::Cpu).unwrap_err();
     assert!(
-        matches!(err, Error::VocabMismatch { expected: 5, found: 37, .. }),
+        matches!(
+            err,
+            Error::VocabMismatch {
+                expected: 5,
+                found: 37,
+                ..
+            }
+        ),
         "{err:?}"
     );
 
@@ -172,7 +179,10 @@ fn unreadable_weights_are_typed() {
     let missing = dir.path().join("nope.safetensors");
     assert!(matches!(
         FastaiWeights::load(&missing, &Device::Cpu).unwrap_err(),
-        Error::Io { what: "weights", .. }
+        Error::Io {
+            what: "weights",
+            ..
+        }
     ));
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"this is not a safetensors file").unwrap();
@@ -218,8 +228,11 @@ fn unreadable_images_are_typed() {
 fn sixteen_bit_images_are_refused_as_unsupported() {
     let img = image::DynamicImage::ImageRgb16(image::ImageBuffer::new(4, 4));
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .unwrap();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
     let err = load_image_from_memory(&bytes).unwrap_err();
     assert!(matches!(err, Error::UnsupportedImage { .. }), "{err:?}");
 }

@@ -82,6 +82,10 @@ fn jpeg_item_bytes_stay_close_to_pil() {
             f.image,
             diff * 100.0
         );
-        assert!(max <= 8.0, "{}: JPEG decode differs by {max} levels", f.image);
+        assert!(
+            max <= 8.0,
+            "{}: JPEG decode differs by {max} levels",
+            f.image
+        );
     }
 }

@@ -22,6 +22,10 @@ fn model_matches_fastai_logits_and_probabilities() {
         let pred = fastai_infer::Prediction::from_logits(&row, learn.vocab()).unwrap();
         let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
         let dp = common::max_abs_diff(&probs, &g["probs"]);
+        println!(
+            "{:24} model on fastai's input: logits {d:.1e}  probs {dp:.1e}",
+            f.image
+        );
         assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", f.image);
         assert_eq!(pred.index, f.index, "{}: top-1", f.image);
     }

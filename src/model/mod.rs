@@ -84,7 +84,10 @@ impl Config {
         let p = self.patch_size;
         let mut v: Vec<(String, Vec<usize>)> = vec![
             ("0.model.cls_token".into(), vec![1, 1, d]),
-            ("0.model.pos_embed".into(), vec![1, self.num_patches() + 1, d]),
+            (
+                "0.model.pos_embed".into(),
+                vec![1, self.num_patches() + 1, d],
+            ),
             (
                 "0.model.patch_embed.proj.weight".into(),
                 vec![d, self.in_chans, p, p],
@@ -117,7 +120,10 @@ impl Config {
             v.push((format!("1.{idx}.num_batches_tracked"), vec![]));
         }
         v.push(("1.2.weight".into(), vec![self.head_hidden, d]));
-        v.push(("1.6.weight".into(), vec![self.num_classes, self.head_hidden]));
+        v.push((
+            "1.6.weight".into(),
+            vec![self.num_classes, self.head_hidden],
+        ));
         v
     }
 }
