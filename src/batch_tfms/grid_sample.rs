@@ -9,6 +9,12 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
 
+/// The four dimensions of `t`, or an [`Error::InvalidArgument`] that says what was expected.
+fn dims4(t: &Tensor, expected: &str) -> Result<(usize, usize, usize, usize)> {
+    t.dims4()
+        .map_err(|_| Error::InvalidArgument(format!("{expected}, got {:?}", t.dims())))
+}
+
 /// A scalar `f32` tensor on `device`, for exact element-wise arithmetic with broadcasting.
 fn scalar(v: f32, device: &Device) -> Result<Tensor> {
     Ok(Tensor::new(v, device)?)
@@ -91,12 +97,7 @@ fn pool_window(i: usize, out: usize, inp: usize) -> (usize, usize) {
 /// Each output is the mean of its window, summed in row-major order from zero and divided by
 /// the window height then width, as PyTorch's CPU kernel does.
 pub fn area_interpolate(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4().map_err(|_| {
-        Error::InvalidArgument(format!(
-            "area_interpolate: expected (N, C, H, W), got {:?}",
-            x.dims()
-        ))
-    })?;
+    let (_, _, h, w) = dims4(x, "area_interpolate: expected (N, C, H, W)")?;
     if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
         return Err(Error::InvalidArgument(format!(
             "area_interpolate: cannot pool {h}x{w} to {out_h}x{out_w}"
@@ -195,18 +196,8 @@ fn reflect_coords(g: &Tensor, size: usize) -> Result<Tensor> {
 /// positions in `[-1, 1]` (beyond it they reflect off the borders). Returns
 /// `(N, C, H_out, W_out)`.
 pub fn grid_sample(x: &Tensor, grid: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4().map_err(|_| {
-        Error::InvalidArgument(format!(
-            "grid_sample: input must be (N, C, H, W), got {:?}",
-            x.dims()
-        ))
-    })?;
-    let (gn, ho, wo, two) = grid.dims4().map_err(|_| {
-        Error::InvalidArgument(format!(
-            "grid_sample: grid must be (N, H_out, W_out, 2), got {:?}",
-            grid.dims()
-        ))
-    })?;
+    let (n, c, h, w) = dims4(x, "grid_sample: input must be (N, C, H, W)")?;
+    let (gn, ho, wo, two) = dims4(grid, "grid_sample: grid must be (N, H_out, W_out, 2)")?;
     if gn != n || two != 2 {
         return Err(Error::InvalidArgument(format!(
             "grid_sample: grid {:?} does not fit input {:?}",
@@ -310,18 +301,8 @@ pub fn area_pre_size(h: usize, w: usize, w_out: usize, coord_range: f32) -> Opti
 /// align_corners=True)`: the 'area' pre-interpolation ([`area_pre_size`]) followed by
 /// [`grid_sample`].
 pub fn fastai_grid_sample(x: &Tensor, coords: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4().map_err(|_| {
-        Error::InvalidArgument(format!(
-            "grid_sample: input must be (N, C, H, W), got {:?}",
-            x.dims()
-        ))
-    })?;
-    let (_, _, w_out, _) = coords.dims4().map_err(|_| {
-        Error::InvalidArgument(format!(
-            "grid_sample: grid must be (N, H_out, W_out, 2), got {:?}",
-            coords.dims()
-        ))
-    })?;
+    let (_, _, h, w) = dims4(x, "grid_sample: input must be (N, C, H, W)")?;
+    let (_, _, w_out, _) = dims4(coords, "grid_sample: grid must be (N, H_out, W_out, 2)")?;
     let flat = coords.to_dtype(DType::F32)?.flatten_all()?;
     let mn = flat.min(0)?.to_scalar::<f32>()?;
     let mx = flat.max(0)?.to_scalar::<f32>()?;
