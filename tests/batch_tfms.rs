@@ -6,7 +6,8 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use fastai_infer::batch_tfms::{
-    affine_grid, area_interpolate, fastai_grid_sample, grid_sample, identity_grid, BatchTfms,
+    affine_grid, area_interpolate, area_interpolate_ops, fastai_grid_sample, grid_sample,
+    identity_grid, BatchTfms,
 };
 
 fn to_unit(x8: &Tensor) -> Tensor {
@@ -34,6 +35,13 @@ fn area_interpolation_matches_torch() {
             let d = common::max_abs_diff(&got, want);
             println!("{key}: max abs diff {d:e}");
             assert_eq!(d, 0.0, "{key}: area interpolation differs by {d}");
+            // The device-generic candle-op path (what CUDA runs) gives the same bits.
+            let ops = area_interpolate_ops(&x, oh, ow).unwrap();
+            assert_eq!(
+                common::max_abs_diff(&ops, want),
+                0.0,
+                "{key}: candle-op path"
+            );
             n += 1;
         }
     }

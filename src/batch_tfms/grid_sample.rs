@@ -96,13 +96,54 @@ fn pool_window(i: usize, out: usize, inp: usize) -> (usize, usize) {
 ///
 /// Each output is the mean of its window, summed in row-major order from zero and divided by
 /// the window height then width, as PyTorch's CPU kernel does.
+///
+/// On the CPU this runs as a direct loop; on other devices as candle ops
+/// ([`area_interpolate_ops`]). Both give the same bits.
 pub fn area_interpolate(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-    let (_, _, h, w) = dims4(x, "area_interpolate: expected (N, C, H, W)")?;
+    if x.device().is_cpu() {
+        area_interpolate_cpu(x, out_h, out_w)
+    } else {
+        area_interpolate_ops(x, out_h, out_w)
+    }
+}
+
+fn check_area_args(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, usize, usize)> {
+    let (n, c, h, w) = dims4(x, "area_interpolate: expected (N, C, H, W)")?;
     if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
         return Err(Error::InvalidArgument(format!(
             "area_interpolate: cannot pool {h}x{w} to {out_h}x{out_w}"
         )));
     }
+    Ok((n, c, h, w))
+}
+
+/// [`area_interpolate`] as a plain loop over a CPU tensor, PyTorch's kernel arithmetic.
+fn area_interpolate_cpu(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (n, c, h, w) = check_area_args(x, out_h, out_w)?;
+    let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let rows: Vec<(usize, usize)> = (0..out_h).map(|i| pool_window(i, out_h, h)).collect();
+    let cols: Vec<(usize, usize)> = (0..out_w).map(|i| pool_window(i, out_w, w)).collect();
+    let mut out = Vec::with_capacity(n * c * out_h * out_w);
+    for plane in data.chunks_exact(h * w) {
+        for &(r0, r1) in &rows {
+            for &(c0, c1) in &cols {
+                let mut sum = 0f32;
+                for row in plane[r0 * w..r1 * w].chunks_exact(w) {
+                    for &v in &row[c0..c1] {
+                        sum += v;
+                    }
+                }
+                out.push(sum / (r1 - r0) as f32 / (c1 - c0) as f32);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (n, c, out_h, out_w), x.device())?)
+}
+
+/// [`area_interpolate`] as device-generic candle ops: one gather per window offset, summed
+/// in PyTorch's order with zero masks for shorter windows.
+pub fn area_interpolate_ops(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (_, _, h, w) = check_area_args(x, out_h, out_w)?;
     let device = x.device();
     let rows: Vec<(usize, usize)> = (0..out_h).map(|i| pool_window(i, out_h, h)).collect();
     let cols: Vec<(usize, usize)> = (0..out_w).map(|i| pool_window(i, out_w, w)).collect();

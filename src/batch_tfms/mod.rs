@@ -20,7 +20,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 
 pub use grid_sample::{
-    affine_grid, area_interpolate, fastai_grid_sample, grid_sample, identity_grid,
+    affine_grid, area_interpolate, area_interpolate_ops, fastai_grid_sample, grid_sample,
+    identity_grid,
 };
 
 /// fastai's `IntToFloatTensor`: `x.float() / 255` (true division, as PyTorch does).
