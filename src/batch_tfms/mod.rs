@@ -110,9 +110,10 @@ impl BatchTfms {
     /// Runs the pipeline on a `u8` batch `(N, H, W, 3)` already on the target device and
     /// returns the model input, `f32` `(N, 3, height, width)`.
     pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
-        if self.height == 0 || self.width == 0 {
+        let max = crate::item_tfms::MAX_SIDE as usize;
+        if self.height == 0 || self.width == 0 || self.height.max(self.width) > max {
             return Err(Error::InvalidArgument(format!(
-                "batch transform size must be positive, got {}x{}",
+                "batch transform size must be between 1 and {max} per side, got {}x{}",
                 self.height, self.width
             )));
         }

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 
 pub use pil_resize::resize_bilinear;
 
+/// The largest side, in pixels, an item transform may produce (guards against sizes whose
+/// buffers cannot be allocated).
+pub const MAX_SIDE: u32 = 1 << 15;
+
 /// fastai's `RandomResizedCrop` item transform, validation behaviour only (inference never
 /// draws random crops).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +57,7 @@ impl RandomResizedCrop {
     /// The `(width, height)` the whole image is squished to before the centre crop.
     pub fn resize_to(&self) -> (u32, u32) {
         let x = self.xtra();
-        (self.width + x, self.height + x)
+        (self.width.saturating_add(x), self.height.saturating_add(x))
     }
 
     /// Applies the validation transform: squish-resize to [`Self::resize_to`] with PIL's
@@ -72,6 +76,11 @@ impl RandomResizedCrop {
             )));
         }
         let (rw, rh) = self.resize_to();
+        if rw.max(rh) > MAX_SIDE {
+            return Err(Error::InvalidArgument(format!(
+                "RandomResizedCrop would resize to {rw}x{rh}, over the {MAX_SIDE}-pixel limit per side"
+            )));
+        }
         let resized = resize_bilinear(img, rw, rh)?;
         Ok(crop_pad(&resized, self.width, self.height))
     }
@@ -109,6 +118,13 @@ mod tests {
         let t = RandomResizedCrop::new(460);
         assert_eq!(t.xtra(), 72);
         assert_eq!(t.resize_to(), (532, 532));
+    }
+
+    #[test]
+    fn absurd_sizes_are_errors_not_panics() {
+        let img = RgbImage::new(3, 3);
+        let t = RandomResizedCrop::new(u32::MAX);
+        assert!(matches!(t.encodes(&img), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
