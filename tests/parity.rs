@@ -31,6 +31,45 @@ fn model_matches_fastai_logits_and_probabilities() {
     }
 }
 
+/// All fixtures in one batch: the CPU fast path splits the rows into per-thread chunks and
+/// tiles that straddle images, and each row must still match fastai's logits for that image.
+#[test]
+fn batched_fast_path_matches_fastai_row_by_row() {
+    let learn = learner();
+    let fixtures = common::manifest();
+    let goldens: Vec<_> = fixtures
+        .iter()
+        .map(|f| common::load(&format!("golden/{}", f.golden)))
+        .collect();
+    let inputs: Vec<&Tensor> = goldens.iter().map(|g| &g["input"]).collect();
+    let batch = Tensor::cat(&inputs, 0).unwrap();
+    let logits = learn.logits(&batch).unwrap();
+    for (i, (f, g)) in fixtures.iter().zip(&goldens).enumerate() {
+        let row = logits.narrow(0, i, 1).unwrap();
+        let d = common::max_abs_diff(&row, &g["logits"]);
+        assert!(
+            d <= 1e-4,
+            "{} (row {i} of the batch): logits differ by {d}",
+            f.image
+        );
+    }
+}
+
+/// The fused CPU path and the generic candle-op path compute the same function.
+#[test]
+fn fast_cpu_path_matches_candle_ops_path() {
+    let learn = learner();
+    let g = common::load("golden/chelsea.safetensors");
+    let x = Tensor::cat(&[&g["input"], &g["input"].flip(&[3]).unwrap()], 0).unwrap();
+    let body = &learn.model().body;
+    let fast = candle_core::Module::forward(body, &x).unwrap();
+    let reference = body.forward_candle_ops(&x).unwrap();
+    assert_eq!(fast.dims(), &[2, 192]);
+    let d = common::max_abs_diff(&fast, &reference);
+    println!("fast CPU path vs candle ops, class-token features: {d:.1e}");
+    assert!(d <= 1e-4, "features differ by {d}");
+}
+
 #[test]
 fn lossless_images_match_fastai_end_to_end() {
     let learn = learner();

@@ -4,8 +4,9 @@
 //! `5` Dropout, `6` Linear (no bias). Dropout is the identity at inference.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::vit::Linear;
 use super::Config;
 
 /// `nn.BatchNorm1d` in eval mode: running statistics folded into a scale and shift the way
@@ -51,9 +52,9 @@ impl FastaiHead {
     pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(FastaiHead {
             bn0: BatchNorm1d::new(cfg.embed_dim, cfg.batch_norm_eps, vb.pp("0"))?,
-            lin2: linear_no_bias(cfg.embed_dim, cfg.head_hidden, vb.pp("2"))?,
+            lin2: Linear::new(cfg.embed_dim, cfg.head_hidden, false, vb.pp("2"))?,
             bn4: BatchNorm1d::new(cfg.head_hidden, cfg.batch_norm_eps, vb.pp("4"))?,
-            lin6: linear_no_bias(cfg.head_hidden, cfg.num_classes, vb.pp("6"))?,
+            lin6: Linear::new(cfg.head_hidden, cfg.num_classes, false, vb.pp("6"))?,
         })
     }
 }

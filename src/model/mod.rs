@@ -4,6 +4,7 @@
 //! [`vit::VisionTransformer`] is the body (fastai's `0.model.*` keys), [`head::FastaiHead`] the
 //! head (`1.N.*` keys), and [`FastaiVit`] the two in sequence.
 
+pub(crate) mod cpu;
 pub mod head;
 pub mod vit;
 

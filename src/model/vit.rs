@@ -5,18 +5,59 @@
 //! struct path (`blocks.3.attn.qkv.weight` is `VisionTransformer::blocks[3].attn.qkv`).
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, LayerNormConfig, VarBuilder};
 
 use super::Config;
+
+/// `nn.Linear` with its weight stored transposed, `(in_features, out_features)` row-major, the
+/// layout both candle's matmul and the CPU fast path multiply fastest. Loads PyTorch's
+/// `weight` `(out, in)` and `bias`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub(crate) weight_t: Tensor,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` `(out_dim, in_dim)` and, when `with_bias`, `bias` `(out_dim)`.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        with_bias: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let weight_t = vb.get((out_dim, in_dim), "weight")?.t()?.contiguous()?;
+        let bias = if with_bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Linear { weight_t, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight_t)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Linear::new(in_dim, out_dim, true, vb)
+}
 
 /// timm's `PatchEmbed`: a 16x16 stride-16 convolution, computed as one matmul over the
 /// flattened patches.
 #[derive(Debug, Clone)]
 pub struct PatchEmbed {
     /// `proj.weight` reshaped to `(embed_dim, 3 * patch * patch)` and transposed.
-    weight_t: Tensor,
+    pub(crate) weight_t: Tensor,
     /// `proj.bias`.
-    bias: Tensor,
+    pub(crate) bias: Tensor,
     patch_size: usize,
     embed_dim: usize,
 }
@@ -60,8 +101,8 @@ impl Module for PatchEmbed {
 /// timm's `Attention`: fused `qkv` linear, scaled dot-product attention, `proj`.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    qkv: Linear,
-    proj: Linear,
+    pub(crate) qkv: Linear,
+    pub(crate) proj: Linear,
     num_heads: usize,
     scale: f64,
 }
@@ -101,8 +142,8 @@ impl Module for Attention {
 /// timm's `Mlp`: `fc1`, exact (erf) GELU, `fc2`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
 }
 
 impl Mlp {
@@ -125,10 +166,10 @@ impl Module for Mlp {
 /// timm's pre-norm transformer `Block`.
 #[derive(Debug, Clone)]
 pub struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    mlp: Mlp,
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn: Attention,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) mlp: Mlp,
 }
 
 fn ln(cfg: &Config, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
@@ -162,11 +203,12 @@ impl Module for Block {
 /// final-normed class token, `(B, embed_dim)`.
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
-    patch_embed: PatchEmbed,
-    cls_token: Tensor,
-    pos_embed: Tensor,
-    blocks: Vec<Block>,
-    norm: LayerNorm,
+    pub(crate) patch_embed: PatchEmbed,
+    pub(crate) cls_token: Tensor,
+    pub(crate) pos_embed: Tensor,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: LayerNorm,
+    pub(crate) cfg: Config,
 }
 
 impl VisionTransformer {
@@ -181,12 +223,14 @@ impl VisionTransformer {
             pos_embed: vb.get((1, cfg.num_patches() + 1, cfg.embed_dim), "pos_embed")?,
             blocks,
             norm: ln(cfg, vb.pp("norm"))?,
+            cfg: cfg.clone(),
         })
     }
-}
 
-impl Module for VisionTransformer {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The forward pass built from generic candle ops, on any device. [`Module::forward`]
+    /// uses it everywhere but on the CPU, where [`super::cpu`]'s fused path computes the same
+    /// function faster; kept public as the reference that path is tested against.
+    pub fn forward_candle_ops(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.patch_embed.forward(x)?;
         let (b, _, c) = x.dims3()?;
         let cls = self.cls_token.broadcast_as((b, 1, c))?;
@@ -196,5 +240,15 @@ impl Module for VisionTransformer {
         }
         let x = self.norm.forward(&x)?;
         x.narrow(D::Minus2, 0, 1)?.squeeze(D::Minus2)
+    }
+}
+
+impl Module for VisionTransformer {
+    /// `(B, 3, img_size, img_size)` normalized images to `(B, embed_dim)` class-token features.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match super::cpu::vit_forward(self, x)? {
+            Some(y) => Ok(y),
+            None => self.forward_candle_ops(x),
+        }
     }
 }

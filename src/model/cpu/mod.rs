@@ -1,0 +1,493 @@
+//! The CPU fast path of the ViT body: the same function as
+//! [`VisionTransformer::forward_candle_ops`], computed on the weights in place with fused row
+//! kernels and strided matrix products instead of one candle op per step.
+//!
+//! Everything in a transformer block except attention works row by row (one row per token),
+//! so the `(batch * tokens)` rows are split into one contiguous chunk per thread, and each
+//! thread carries its rows through attention, `proj`, the MLP and the next block's `norm1` and
+//! `qkv` before the threads meet again: one synchronisation per block. Attention reads every
+//! row's keys and values, so each block's `qkv` output goes to a second buffer while the
+//! current one is still being read. Within a chunk, rows are processed in tiles so the MLP's
+//! hidden activations stay in cache. Attention reads `q`, `k` and `v` straight out of the
+//! `qkv` rows through strides, with no split, permute or copy.
+
+pub(crate) mod kernels;
+mod matmul;
+
+use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
+
+use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
+use self::matmul::{matmul, MatRef};
+use super::VisionTransformer;
+
+/// Rows per tile: keeps a tile's MLP activations (`TILE x 4 * embed_dim`) in L2.
+const TILE: usize = 128;
+/// A chunk smaller than this is not worth a thread of its own.
+const MIN_CHUNK_ROWS: usize = 32;
+
+/// A read lock on an f32 CPU tensor's storage, giving its elements as a slice.
+struct Host<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    len: usize,
+}
+
+impl<'a> Host<'a> {
+    /// `None` unless `t` is a contiguous f32 tensor in CPU memory.
+    fn new(t: &'a Tensor) -> Option<Self> {
+        if t.dtype() != DType::F32 || !t.device().is_cpu() || !t.is_contiguous() {
+            return None;
+        }
+        let (guard, layout) = t.storage_and_layout();
+        if !matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))) {
+            return None;
+        }
+        Some(Host {
+            start: layout.start_offset(),
+            len: t.elem_count(),
+            guard,
+        })
+    }
+
+    fn slice(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
+            _ => &[],
+        }
+    }
+}
+
+/// One block's weights as slices (linear weights transposed, `(in, out)` row-major).
+struct BlockW<'a> {
+    norm1: (&'a [f32], &'a [f32]),
+    qkv: (&'a [f32], &'a [f32]),
+    proj: (&'a [f32], &'a [f32]),
+    norm2: (&'a [f32], &'a [f32]),
+    fc1: (&'a [f32], &'a [f32]),
+    fc2: (&'a [f32], &'a [f32]),
+}
+
+/// The dimensions every kernel needs.
+#[derive(Clone, Copy)]
+struct Dims {
+    /// Token width.
+    d: usize,
+    /// Tokens per image (patches + class token).
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    hidden: usize,
+    chans: usize,
+    patch: usize,
+    grid: usize,
+    img: usize,
+    eps: f32,
+}
+
+/// Per-thread scratch, allocated once per forward call.
+struct Scratch {
+    normed: Vec<f32>,
+    attn: Vec<f32>,
+    hidden: Vec<f32>,
+    scores: Vec<f32>,
+    patches: Vec<f32>,
+}
+
+/// Runs the body on the CPU fast path, or returns `None` when it does not apply (weights or
+/// input not f32 in CPU memory, or an input shape the generic path should reject).
+pub(crate) fn vit_forward(
+    vit: &VisionTransformer,
+    x: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let cfg = &vit.cfg;
+    let (batch, chans, h, w) = match x.dims4() {
+        Ok(d) => d,
+        Err(_) => return Ok(None),
+    };
+    if chans != cfg.in_chans || h != cfg.img_size || w != cfg.img_size || batch == 0 {
+        return Ok(None);
+    }
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let Some(input) = Host::new(&x) else {
+        return Ok(None);
+    };
+
+    let mut tensors: Vec<&Tensor> = vec![
+        &vit.patch_embed.weight_t,
+        &vit.patch_embed.bias,
+        &vit.cls_token,
+        &vit.pos_embed,
+    ];
+    for b in &vit.blocks {
+        let (Some(qkv_b), Some(proj_b), Some(fc1_b), Some(fc2_b)) = (
+            b.attn.qkv.bias.as_ref(),
+            b.attn.proj.bias.as_ref(),
+            b.mlp.fc1.bias.as_ref(),
+            b.mlp.fc2.bias.as_ref(),
+        ) else {
+            return Ok(None);
+        };
+        let (Some(n1b), Some(n2b)) = (b.norm1.bias(), b.norm2.bias()) else {
+            return Ok(None);
+        };
+        tensors.extend([
+            b.norm1.weight(),
+            n1b,
+            &b.attn.qkv.weight_t,
+            qkv_b,
+            &b.attn.proj.weight_t,
+            proj_b,
+            b.norm2.weight(),
+            n2b,
+            &b.mlp.fc1.weight_t,
+            fc1_b,
+            &b.mlp.fc2.weight_t,
+            fc2_b,
+        ]);
+    }
+    let Some(norm_b) = vit.norm.bias() else {
+        return Ok(None);
+    };
+    tensors.extend([vit.norm.weight(), norm_b]);
+    let Some(hosts) = tensors
+        .iter()
+        .map(|t| Host::new(t))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let s: Vec<&[f32]> = hosts.iter().map(Host::slice).collect();
+    let blocks: Vec<BlockW> = s[4..4 + 12 * vit.blocks.len()]
+        .chunks_exact(12)
+        .map(|c| BlockW {
+            norm1: (c[0], c[1]),
+            qkv: (c[2], c[3]),
+            proj: (c[4], c[5]),
+            norm2: (c[6], c[7]),
+            fc1: (c[8], c[9]),
+            fc2: (c[10], c[11]),
+        })
+        .collect();
+    let final_norm = (s[s.len() - 2], s[s.len() - 1]);
+
+    let grid = cfg.img_size / cfg.patch_size;
+    let dm = Dims {
+        d: cfg.embed_dim,
+        n: grid * grid + 1,
+        heads: cfg.num_heads,
+        head_dim: cfg.embed_dim / cfg.num_heads,
+        hidden: cfg.mlp_hidden(),
+        chans,
+        patch: cfg.patch_size,
+        grid,
+        img: cfg.img_size,
+        eps: cfg.layer_norm_eps as f32,
+    };
+    let out = run(
+        input.slice(),
+        batch,
+        &dm,
+        (s[0], s[1], s[2], s[3]),
+        &blocks,
+        final_norm,
+    );
+    Ok(Some(Tensor::from_vec(
+        out,
+        (batch, dm.d),
+        &candle_core::Device::Cpu,
+    )?))
+}
+
+/// The whole body on `batch` images: returns the final-normed class tokens, `(batch, d)`.
+fn run(
+    input: &[f32],
+    batch: usize,
+    dm: &Dims,
+    embed: (&[f32], &[f32], &[f32], &[f32]),
+    blocks: &[BlockW],
+    final_norm: (&[f32], &[f32]),
+) -> Vec<f32> {
+    let Dims { d, n, .. } = *dm;
+    let rows = batch * n;
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = threads.min(rows.div_ceil(MIN_CHUNK_ROWS)).max(1);
+    let chunk_rows = rows.div_ceil(chunks);
+    let chunks = rows.div_ceil(chunk_rows);
+    let tile = chunk_rows.min(TILE);
+
+    let mut x = vec![0f32; rows * d];
+    let mut qkv_cur = vec![0f32; rows * 3 * d];
+    let mut qkv_next = vec![0f32; rows * 3 * d];
+    let mut scratch: Vec<Scratch> = (0..chunks)
+        .map(|_| Scratch {
+            normed: vec![0f32; tile * d],
+            attn: vec![0f32; tile * d],
+            hidden: vec![0f32; tile * dm.hidden],
+            scores: vec![0f32; tile * n],
+            patches: vec![0f32; tile * dm.chans * dm.patch * dm.patch],
+        })
+        .collect();
+
+    // Patch embedding, then the first block's norm1 + qkv.
+    for_each_tile(
+        &mut x,
+        &mut qkv_cur,
+        &mut scratch,
+        chunk_rows,
+        tile,
+        dm,
+        |row0, xt, qt, sc| {
+            embed_tile(input, row0, xt, sc, dm, embed);
+            if let Some(first) = blocks.first() {
+                norm_qkv_tile(xt, qt, sc, dm, first);
+            }
+        },
+    );
+    for (i, blk) in blocks.iter().enumerate() {
+        let cur = &qkv_cur;
+        let next_blk = blocks.get(i + 1);
+        for_each_tile(
+            &mut x,
+            &mut qkv_next,
+            &mut scratch,
+            chunk_rows,
+            tile,
+            dm,
+            |row0, xt, qt, sc| {
+                attention_tile(cur, row0, xt, sc, dm, blk);
+                mlp_tile(xt, sc, dm, blk);
+                if let Some(nb) = next_blk {
+                    norm_qkv_tile(xt, qt, sc, dm, nb);
+                }
+            },
+        );
+        std::mem::swap(&mut qkv_cur, &mut qkv_next);
+    }
+
+    let mut out = vec![0f32; batch * d];
+    for (b, o) in out.chunks_exact_mut(d).enumerate() {
+        let cls = &x[b * n * d..(b * n + 1) * d];
+        layer_norm_rows(cls, o, final_norm.0, final_norm.1, dm.eps);
+    }
+    out
+}
+
+/// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on every tile, one chunk per thread.
+#[allow(clippy::too_many_arguments)]
+fn for_each_tile<F>(
+    x: &mut [f32],
+    qkv: &mut [f32],
+    scratch: &mut [Scratch],
+    chunk_rows: usize,
+    tile: usize,
+    dm: &Dims,
+    f: F,
+) where
+    F: Fn(usize, &mut [f32], &mut [f32], &mut Scratch) + Sync,
+{
+    let d = dm.d;
+    x.par_chunks_mut(chunk_rows * d)
+        .zip(qkv.par_chunks_mut(chunk_rows * 3 * d))
+        .zip(scratch.par_iter_mut())
+        .enumerate()
+        .for_each(|(ci, ((xc, qc), sc))| {
+            let rows = xc.len() / d;
+            let mut t0 = 0;
+            while t0 < rows {
+                let t = tile.min(rows - t0);
+                f(
+                    ci * chunk_rows + t0,
+                    &mut xc[t0 * d..(t0 + t) * d],
+                    &mut qc[t0 * 3 * d..(t0 + t) * 3 * d],
+                    sc,
+                );
+                t0 += t;
+            }
+        });
+}
+
+/// Token rows `row0..` of the embedding: the class token or a patch's projection, plus the
+/// position embedding. The patches are gathered (im2col) and projected with one matmul.
+fn embed_tile(
+    input: &[f32],
+    row0: usize,
+    xt: &mut [f32],
+    sc: &mut Scratch,
+    dm: &Dims,
+    (proj_w, proj_b, cls, pos): (&[f32], &[f32], &[f32], &[f32]),
+) {
+    let Dims {
+        d,
+        n,
+        chans,
+        patch: p,
+        grid,
+        img,
+        ..
+    } = *dm;
+    let t = xt.len() / d;
+    let k = chans * p * p;
+    let patches = &mut sc.patches[..t * k];
+    for r in 0..t {
+        let g = row0 + r;
+        let (b, tok) = (g / n, g % n);
+        let xr = &mut xt[r * d..(r + 1) * d];
+        let pr = &mut patches[r * k..(r + 1) * k];
+        let pos_r = &pos[tok * d..(tok + 1) * d];
+        if tok == 0 {
+            for i in 0..d {
+                xr[i] = cls[i] + pos_r[i];
+            }
+            pr.fill(0.0);
+            continue;
+        }
+        for i in 0..d {
+            xr[i] = pos_r[i] + proj_b[i];
+        }
+        let (gy, gx) = ((tok - 1) / grid, (tok - 1) % grid);
+        for c in 0..chans {
+            for ky in 0..p {
+                let src = ((b * chans + c) * img + gy * p + ky) * img + gx * p;
+                let dst = (c * p + ky) * p;
+                pr[dst..dst + p].copy_from_slice(&input[src..src + p]);
+            }
+        }
+    }
+    matmul(
+        t,
+        d,
+        k,
+        xt,
+        d,
+        true,
+        MatRef::rows(patches, k),
+        MatRef::rows(proj_w, d),
+        1.0,
+    );
+}
+
+/// `qkv = norm1(x) · Wqkvᵀ + b` for a tile.
+fn norm_qkv_tile(xt: &[f32], qt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &BlockW) {
+    let d = dm.d;
+    let t = xt.len() / d;
+    let normed = &mut sc.normed[..t * d];
+    layer_norm_rows(xt, normed, blk.norm1.0, blk.norm1.1, dm.eps);
+    for row in qt.chunks_exact_mut(3 * d) {
+        row.copy_from_slice(blk.qkv.1);
+    }
+    matmul(
+        t,
+        3 * d,
+        d,
+        qt,
+        3 * d,
+        true,
+        MatRef::rows(normed, d),
+        MatRef::rows(blk.qkv.0, 3 * d),
+        1.0,
+    );
+}
+
+/// `x += proj(attention(qkv))` for the tile's rows; keys and values come from every row of
+/// the same image in `qkv`.
+fn attention_tile(
+    qkv: &[f32],
+    row0: usize,
+    xt: &mut [f32],
+    sc: &mut Scratch,
+    dm: &Dims,
+    blk: &BlockW,
+) {
+    let Dims {
+        d,
+        n,
+        heads,
+        head_dim: hd,
+        ..
+    } = *dm;
+    let t = xt.len() / d;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut r = 0;
+    while r < t {
+        let g = row0 + r;
+        let (b, tok) = (g / n, g % n);
+        let seg = (t - r).min(n - tok);
+        let img_base = b * n * 3 * d;
+        for h in 0..heads {
+            let scores = &mut sc.scores[..seg * n];
+            matmul(
+                seg,
+                n,
+                hd,
+                scores,
+                n,
+                false,
+                MatRef::rows(&qkv[g * 3 * d + h * hd..], 3 * d),
+                MatRef::transposed(&qkv[img_base + d + h * hd..], 3 * d),
+                scale,
+            );
+            softmax_rows(scores, n);
+            matmul(
+                seg,
+                hd,
+                n,
+                &mut sc.attn[r * d + h * hd..],
+                d,
+                false,
+                MatRef::rows(scores, n),
+                MatRef::rows(&qkv[img_base + 2 * d + h * hd..], 3 * d),
+                1.0,
+            );
+        }
+        r += seg;
+    }
+    add_bias_rows(xt, blk.proj.1);
+    matmul(
+        t,
+        d,
+        d,
+        xt,
+        d,
+        true,
+        MatRef::rows(&sc.attn[..t * d], d),
+        MatRef::rows(blk.proj.0, d),
+        1.0,
+    );
+}
+
+/// `x += fc2(gelu(fc1(norm2(x))))` for a tile.
+fn mlp_tile(xt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &BlockW) {
+    let Dims { d, hidden, .. } = *dm;
+    let t = xt.len() / d;
+    let normed = &mut sc.normed[..t * d];
+    layer_norm_rows(xt, normed, blk.norm2.0, blk.norm2.1, dm.eps);
+    let hid = &mut sc.hidden[..t * hidden];
+    matmul(
+        t,
+        hidden,
+        d,
+        hid,
+        hidden,
+        false,
+        MatRef::rows(normed, d),
+        MatRef::rows(blk.fc1.0, hidden),
+        1.0,
+    );
+    bias_gelu_rows(hid, blk.fc1.1);
+    add_bias_rows(xt, blk.fc2.1);
+    matmul(
+        t,
+        d,
+        hidden,
+        xt,
+        d,
+        true,
+        MatRef::rows(hid, hidden),
+        MatRef::rows(blk.fc2.0, d),
+        1.0,
+    );
+}
