@@ -131,7 +131,11 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the exponent bits. `n + 127` is a whole number in [1, 254]; adding 2^23 puts it
+    // in the low mantissa bits, where a shift moves it into the exponent. (A float-to-int cast
+    // would do the same but stops LLVM from vectorizing the loop.)
+    let biased = (n + 127.0 + 8_388_608.0).to_bits();
+    let scale = f32::from_bits(biased << 23);
     y * scale
 }
 
@@ -170,8 +174,8 @@ simd_fn! {
             let mean = lane_sum(row) / dim as f32;
             let var = lane_sq_dev(row, mean) / dim as f32;
             let rstd = 1.0 / (var + eps).sqrt();
-            for i in 0..dim {
-                o[i] = (row[i] - mean) * rstd * weight[i] + bias[i];
+            for (((o, x), w), b) in o.iter_mut().zip(row).zip(weight).zip(bias) {
+                *o = (x - mean) * rstd * w + b;
             }
         }
     }
@@ -199,9 +203,9 @@ simd_fn! {
     pub(crate) fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
         let dim = bias.len();
         for row in x.chunks_exact_mut(dim) {
-            for i in 0..dim {
-                let v = row[i] + bias[i];
-                row[i] = v * normal_cdf(v);
+            for (r, b) in row.iter_mut().zip(bias) {
+                let v = *r + b;
+                *r = v * normal_cdf(v);
             }
         }
     }
@@ -212,8 +216,8 @@ simd_fn! {
     pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
         let dim = bias.len();
         for row in x.chunks_exact_mut(dim) {
-            for i in 0..dim {
-                row[i] += bias[i];
+            for (r, b) in row.iter_mut().zip(bias) {
+                *r += b;
             }
         }
     }
