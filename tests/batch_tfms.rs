@@ -115,3 +115,32 @@ fn batch_tfms_match_fastai_normalized_input() {
     }
     assert!(n >= 10);
 }
+
+/// The CPU direct-loop path and the candle-op path give the same bits, with and without the
+/// area pre-interpolation, for square and non-square outputs, one image or several.
+#[test]
+fn cpu_fast_path_equals_candle_ops_path() {
+    let items: Vec<Tensor> = common::manifest()
+        .iter()
+        .take(5)
+        .map(|f| common::load(&format!("golden/{}", f.golden))["item"].clone())
+        .collect();
+    let batch = Tensor::stack(&items, 0).unwrap();
+    let one = batch.narrow(0, 0, 1).unwrap();
+    // (224, 224) pools 460 -> 448 first; (300, 300) and (120, 310) sample directly (fastai's
+    // rule compares with the output width); (200, 64) pools to a non-square size.
+    for (h, w) in [(224, 224), (300, 300), (120, 310), (200, 64), (1, 1)] {
+        let t = BatchTfms {
+            height: h,
+            width: w,
+            ..BatchTfms::default()
+        };
+        for x in [&one, &batch] {
+            let fast = t.encodes(x).unwrap();
+            let ops = t.encodes_ops(x).unwrap();
+            assert_eq!(fast.dims(), ops.dims());
+            let d = common::max_abs_diff(&fast, &ops);
+            assert_eq!(d, 0.0, "{h}x{w}, batch {}: paths differ by {d}", x.dim(0).unwrap());
+        }
+    }
+}

@@ -85,7 +85,7 @@ pub fn affine_grid(theta: &Tensor, height: usize, width: usize) -> Result<Tensor
 
 /// Start and end (exclusive) of adaptive pooling window `i` of `out` over `inp` elements,
 /// with PyTorch's integer formulas.
-fn pool_window(i: usize, out: usize, inp: usize) -> (usize, usize) {
+pub(crate) fn pool_window(i: usize, out: usize, inp: usize) -> (usize, usize) {
     let start = (i / out) * inp + ((i % out) * inp) / out;
     let end = 1 + ((i + 1) * inp - 1) / out;
     (start, end)

@@ -13,6 +13,7 @@
 //! The random flips, rotations, zooms, warps and lighting changes of `aug_transforms` are
 //! training-only and are not applied, exactly as on fastai's validation set.
 
+mod cpu;
 pub mod grid_sample;
 
 use candle_core::{DType, Device, Tensor};
@@ -109,7 +110,40 @@ impl Default for BatchTfms {
 impl BatchTfms {
     /// Runs the pipeline on a `u8` batch `(N, H, W, 3)` already on the target device and
     /// returns the model input, `f32` `(N, 3, height, width)`.
+    ///
+    /// On the CPU a `u8` batch takes a direct-loop path that gives the same bits as
+    /// [`BatchTfms::encodes_ops`], faster; everything else runs as candle ops.
     pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_size()?;
+        if x.device().is_cpu() && x.dtype() == DType::U8 {
+            if let Ok((n, h, w, 3)) = x.dims4() {
+                if n > 0 && h > 0 && w > 0 {
+                    let data = x.flatten_all()?.to_vec1::<u8>()?;
+                    let out =
+                        cpu::encodes(&data, (n, h, w), (self.height, self.width), &self.normalize);
+                    return Ok(Tensor::from_vec(
+                        out,
+                        (n, 3, self.height, self.width),
+                        x.device(),
+                    )?);
+                }
+            }
+        }
+        self.encodes_ops(x)
+    }
+
+    /// [`BatchTfms::encodes`] as device-generic candle ops (the path every non-CPU device
+    /// takes, and the reference the CPU path is tested against).
+    pub fn encodes_ops(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_size()?;
+        let x = IntToFloatTensor.encodes(x)?;
+        let n = x.dim(0)?;
+        let grid = identity_grid(n, self.height, self.width, x.device())?;
+        let x = fastai_grid_sample(&x, &grid)?;
+        self.normalize.encodes(&x)
+    }
+
+    fn check_size(&self) -> Result<()> {
         let max = crate::item_tfms::MAX_SIDE as usize;
         if self.height == 0 || self.width == 0 || self.height.max(self.width) > max {
             return Err(Error::InvalidArgument(format!(
@@ -117,11 +151,7 @@ impl BatchTfms {
                 self.height, self.width
             )));
         }
-        let x = IntToFloatTensor.encodes(x)?;
-        let n = x.dim(0)?;
-        let grid = identity_grid(n, self.height, self.width, x.device())?;
-        let x = fastai_grid_sample(&x, &grid)?;
-        self.normalize.encodes(&x)
+        Ok(())
     }
 
     /// Moves a batch of item-transformed images to `device` as one `u8` `(N, H, W, 3)`
