@@ -209,6 +209,8 @@ pub struct VisionTransformer {
     pub(crate) blocks: Vec<Block>,
     pub(crate) norm: LayerNorm,
     pub(crate) cfg: Config,
+    /// Reused buffers of the CPU fast path.
+    pub(crate) workspaces: super::cpu::WorkspacePool,
 }
 
 impl VisionTransformer {
@@ -224,6 +226,7 @@ impl VisionTransformer {
             blocks,
             norm: ln(cfg, vb.pp("norm"))?,
             cfg: cfg.clone(),
+            workspaces: Default::default(),
         })
     }
 

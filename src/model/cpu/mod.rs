@@ -15,6 +15,8 @@ pub(crate) mod kernels;
 mod matmul;
 
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
@@ -85,13 +87,60 @@ struct Dims {
     eps: f32,
 }
 
-/// Per-thread scratch, allocated once per forward call.
+/// Per-thread scratch.
+#[derive(Default)]
 struct Scratch {
     normed: Vec<f32>,
     attn: Vec<f32>,
     hidden: Vec<f32>,
     scores: Vec<f32>,
     patches: Vec<f32>,
+}
+
+/// Buffers a forward pass needs, kept between calls: allocating megabytes of fresh memory on
+/// every call costs a page fault per 4 KiB (about 1 ms per 2.5 MB on this kind of VM).
+#[derive(Default)]
+pub(crate) struct Workspace {
+    x: Vec<f32>,
+    qkv_cur: Vec<f32>,
+    qkv_next: Vec<f32>,
+    scratch: Vec<Scratch>,
+}
+
+/// Workspaces shared by clones of a model; each concurrent forward pass takes its own, so the
+/// pool holds at most as many as there were simultaneous calls. A pool for batch `B` holds
+/// about `B * tokens * 7 * embed_dim` floats (34 MB for ViT-tiny at batch 32).
+#[derive(Clone, Default)]
+pub(crate) struct WorkspacePool(Arc<Mutex<Vec<Workspace>>>);
+
+impl std::fmt::Debug for WorkspacePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkspacePool")
+    }
+}
+
+impl WorkspacePool {
+    fn take(&self) -> Workspace {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, ws: Workspace) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(ws);
+        }
+    }
+}
+
+/// Grows `v` to at least `len` elements (contents are overwritten before they are read).
+fn at_least(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 /// Runs the body on the CPU fast path, or returns `None` when it does not apply (weights or
@@ -187,6 +236,7 @@ pub(crate) fn vit_forward(
         img: cfg.img_size,
         eps: cfg.layer_norm_eps as f32,
     };
+    let mut ws = vit.workspaces.take();
     let out = run(
         input.slice(),
         batch,
@@ -194,7 +244,9 @@ pub(crate) fn vit_forward(
         (s[0], s[1], s[2], s[3]),
         &blocks,
         final_norm,
+        &mut ws,
     );
+    vit.workspaces.give_back(ws);
     Ok(Some(Tensor::from_vec(
         out,
         (batch, dm.d),
@@ -210,6 +262,7 @@ fn run(
     embed: (&[f32], &[f32], &[f32], &[f32]),
     blocks: &[BlockW],
     final_norm: (&[f32], &[f32]),
+    ws: &mut Workspace,
 ) -> Vec<f32> {
     let Dims { d, n, .. } = *dm;
     let rows = batch * n;
@@ -219,24 +272,32 @@ fn run(
     let chunks = rows.div_ceil(chunk_rows);
     let tile = chunk_rows.min(TILE);
 
-    let mut x = vec![0f32; rows * d];
-    let mut qkv_cur = vec![0f32; rows * 3 * d];
-    let mut qkv_next = vec![0f32; rows * 3 * d];
-    let mut scratch: Vec<Scratch> = (0..chunks)
-        .map(|_| Scratch {
-            normed: vec![0f32; tile * d],
-            attn: vec![0f32; tile * d],
-            hidden: vec![0f32; tile * dm.hidden],
-            scores: vec![0f32; tile * n],
-            patches: vec![0f32; tile * dm.chans * dm.patch * dm.patch],
-        })
-        .collect();
+    let Workspace {
+        x,
+        qkv_cur,
+        qkv_next,
+        scratch,
+    } = ws;
+    let x = at_least(x, rows * d);
+    let mut qkv_cur = at_least(qkv_cur, rows * 3 * d);
+    let mut qkv_next = at_least(qkv_next, rows * 3 * d);
+    if scratch.len() < chunks {
+        scratch.resize_with(chunks, Scratch::default);
+    }
+    for sc in scratch.iter_mut() {
+        at_least(&mut sc.normed, tile * d);
+        at_least(&mut sc.attn, tile * d);
+        at_least(&mut sc.hidden, tile * dm.hidden);
+        at_least(&mut sc.scores, tile * n);
+        at_least(&mut sc.patches, tile * dm.chans * dm.patch * dm.patch);
+    }
+    let scratch = &mut scratch[..chunks];
 
     // Patch embedding, then the first block's norm1 + qkv.
     for_each_tile(
-        &mut x,
-        &mut qkv_cur,
-        &mut scratch,
+        x,
+        qkv_cur,
+        scratch,
         chunk_rows,
         tile,
         dm,
@@ -248,12 +309,12 @@ fn run(
         },
     );
     for (i, blk) in blocks.iter().enumerate() {
-        let cur = &qkv_cur;
+        let cur: &[f32] = qkv_cur;
         let next_blk = blocks.get(i + 1);
         for_each_tile(
-            &mut x,
-            &mut qkv_next,
-            &mut scratch,
+            x,
+            qkv_next,
+            scratch,
             chunk_rows,
             tile,
             dm,
