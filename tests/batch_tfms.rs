@@ -140,7 +140,12 @@ fn cpu_fast_path_equals_candle_ops_path() {
             let ops = t.encodes_ops(x).unwrap();
             assert_eq!(fast.dims(), ops.dims());
             let d = common::max_abs_diff(&fast, &ops);
-            assert_eq!(d, 0.0, "{h}x{w}, batch {}: paths differ by {d}", x.dim(0).unwrap());
+            assert_eq!(
+                d,
+                0.0,
+                "{h}x{w}, batch {}: paths differ by {d}",
+                x.dim(0).unwrap()
+            );
         }
     }
 }

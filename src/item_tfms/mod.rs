@@ -12,7 +12,7 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 
-pub use pil_resize::resize_bilinear;
+pub use pil_resize::{resize_bilinear, resize_bilinear_crop};
 
 /// The largest side, in pixels, an item transform may produce (guards against sizes whose
 /// buffers cannot be allocated).
@@ -80,6 +80,13 @@ impl RandomResizedCrop {
             return Err(Error::InvalidArgument(format!(
                 "RandomResizedCrop would resize to {rw}x{rh}, over the {MAX_SIDE}-pixel limit per side"
             )));
+        }
+        if rw >= self.width && rh >= self.height {
+            // The centre crop lies inside the resized image: resize only that window (the
+            // same bytes, with a quarter less work for the pets recipe).
+            let left = (rw - self.width) / 2;
+            let top = (rh - self.height) / 2;
+            return resize_bilinear_crop(img, rw, rh, (left, top, self.width, self.height));
         }
         let resized = resize_bilinear(img, rw, rh)?;
         Ok(crop_pad(&resized, self.width, self.height))
