@@ -1,25 +1,41 @@
 #!/usr/bin/env python3
 """Times fastai-infer beside ONNX Runtime, PyTorch eager and fastai, in one run, on the same
-weights (the shipped fixture) and the same image, and prints medians and ratios.
+weights (the shipped fixture) and the same images, and prints medians and ratios.
 
-    ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [IMAGE]
+    ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--json FILE] [IMAGE]
 
-The crate is timed through `cargo run --release --example bench -- --json`. ONNX Runtime runs
-the same fixture model exported with torch.onnx. Every runtime is limited to the machine's cores
-(2 here).
+What it measures (every runtime limited to the machine's cores, 2 here):
+- forward pass at batch 1, 8 and 32: the crate, ONNX Runtime (the fixture exported with
+  torch.onnx), PyTorch eager;
+- end to end for one image, file to probabilities: the crate, the lesson's pure-PyTorch
+  pipeline (PIL + torch, the same arithmetic as fastai), fastai's `learn.predict`;
+- item + batch transforms alone for one decoded image (decode excluded): the crate, PIL + torch;
+- a directory of 200 images (the fixtures, cycled, in a temporary folder), 32 per forward pass:
+  the crate's `predict_paths`, ONNX Runtime with PIL + torch preprocessing;
+- cold start (weights file to the first prediction, imports excluded and reported apart) and
+  peak RSS, each in a fresh process: the crate, PyTorch (the fastai learner rebuilt from the
+  same weights), ONNX Runtime (its process also imports torch and fastai for the lesson's
+  preprocessing, which is what a deployment with the same preprocessing would load).
+
+The crate is timed first, through `cargo run --release --example bench -- --json`, before this
+process loads torch or ONNX Runtime, whose idle worker threads would otherwise spin beside it.
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "tests/fixtures/images"
+ONNX_PATH = Path(tempfile.gettempdir()) / "fastai-infer-peer.onnx"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
@@ -34,18 +50,114 @@ def median_ms(fn, iters, warmup=2):
     return statistics.median(ts)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("image", nargs="?", default=str(ROOT / "tests/fixtures/images/grace_hopper.jpg"))
-    args = ap.parse_args()
-    threads = os.cpu_count() or 2
+def make_dir200():
+    d = Path(tempfile.mkdtemp(prefix="fastai-infer-dir200-"))
+    files = sorted(p for p in IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
+    for i in range(200):
+        src = files[i % len(files)]
+        shutil.copy(src, d / f"{i:03d}_{src.name}")
+    return d
 
-    import numpy as np
+
+def crate_bench(batch, iters, image, extra=()):
+    out = subprocess.run(
+        ["cargo", "run", "-q", "--release", "--example", "bench", "--", "--batch", str(batch),
+         "--iters", str(iters), "--json", *extra, str(image)],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# Run in a fresh interpreter by --cold: imports, weights to first prediction, peak RSS.
+COLD = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+t0 = time.perf_counter()
+kind, root, image = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, root + "/scripts")
+import numpy as np
+import torch
+import fastai.vision.all
+import make_fixtures as mf
+from compare_peers import lesson_preprocess, ONNX_PATH
+pre = lesson_preprocess()
+if kind == "ort":
     import onnxruntime as ort
+t1 = time.perf_counter()
+if kind == "torch":
+    learn = mf.load_learner_from_fixture()
+    with torch.no_grad():
+        torch.softmax(learn.model(pre(image)), -1)
+else:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(sys.argv[4])
+    sess = ort.InferenceSession(str(ONNX_PATH), so, providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"x": pre(image).numpy()})[0]
+t2 = time.perf_counter()
+# VmHWM: peak RSS of this process image (ru_maxrss would include the parent's, inherited
+# across fork).
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"import_ms": (t1 - t0) * 1e3, "cold_start_ms": (t2 - t1) * 1e3,
+                  "peak_rss_mb": int(hwm.split()[1]) / 1024}))
+"""
+
+
+def lesson_preprocess():
+    """The lesson's pure-PyTorch validation pipeline: PIL squish to 532, centre crop 460,
+    to-tensor, fastai's _grid_sample (area to 448, bilinear reflection grid_sample), normalize.
+    Gives fastai's input tensor exactly (checked in make_fixtures.py)."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
     from fastai.vision.augment import _grid_sample
+    from PIL import Image
+
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    grid = F.affine_grid(torch.eye(3)[:2][None], (1, 3, 224, 224), align_corners=True)
+
+    def transforms(im):
+        im = im.resize((532, 532), Image.BILINEAR).crop((36, 36, 496, 496))
+        x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)[None].float() / 255.0
+        x = _grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+        return (x - mean) / std
+
+    def preprocess(path_or_image):
+        im = path_or_image
+        if not isinstance(im, Image.Image):
+            im = Image.open(im).convert("RGB")
+        return transforms(im)
+
+    return preprocess
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("image", nargs="?", default=str(IMAGES / "grace_hopper.jpg"))
+    args = ap.parse_args()
+    threads = os.cpu_count() or 2
+    dir200 = make_dir200()
+    r = {}
+
+    # --- the crate first, before torch and ONNX Runtime are loaded in this process --------
+    subprocess.run(["cargo", "build", "-q", "--release", "--example", "bench"], cwd=ROOT,
+                   check=True)
+    cold = crate_bench(1, args.iters, args.image)
+    r["rust_cold_start_ms"] = cold["cold_start_ms"]
+    r["rust_peak_rss_mb"] = cold["peak_rss_mb"]
+    r["rust_e2e"] = cold["end_to_end_ms"]
+    r["rust_transforms"] = cold["transforms_ms"]
+    r["rust_fwd_b1"] = cold["forward_ms"]
+    r["rust_fwd_b8"] = crate_bench(8, args.iters, args.image)["forward_ms"]
+    b32 = crate_bench(32, max(5, args.iters // 2), args.image, ["--dir", str(dir200)])
+    r["rust_fwd_b32"] = b32["forward_ms"]
+    r["rust_dir200_images_per_s"] = b32["dir_images_per_s"]
+
+    # --- the Python peers --------------------------------------------------------------------
+    import numpy as np
+    import onnxruntime as ort
+    import torch
     from PIL import Image
 
     import make_fixtures as mf
@@ -53,61 +165,73 @@ def main():
     torch.set_num_threads(threads)
     learn = mf.load_learner_from_fixture()
     model = learn.model.eval()
-
-    onnx_path = Path("/tmp/fastai-infer-peer.onnx")
-    torch.onnx.export(model, torch.randn(1, 3, 224, 224), onnx_path, input_names=["x"],
+    torch.onnx.export(model, torch.randn(1, 3, 224, 224), ONNX_PATH, input_names=["x"],
                       output_names=["logits"], dynamic_axes={"x": {0: "n"}}, opset_version=17,
                       dynamo=False)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(ONNX_PATH), so, providers=["CPUExecutionProvider"])
 
-    results = {}
-    for n in (1, 32):
+    for n in (1, 8, 32):
+        it = args.iters if n < 32 else max(5, args.iters // 2)
         x = torch.randn(n, 3, 224, 224)
         xn = x.numpy()
         with torch.no_grad():
-            results[f"torch_fwd_b{n}"] = median_ms(lambda: model(x), args.iters)
-        results[f"ort_fwd_b{n}"] = median_ms(lambda: sess.run(None, {"x": xn}), args.iters)
-        out = subprocess.run(
-            ["cargo", "run", "-q", "--release", "--example", "bench", "--", "--batch", str(n),
-             "--iters", str(args.iters), "--json", args.image],
-            cwd=ROOT, check=True, capture_output=True, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        results[f"rust_fwd_b{n}"] = r["forward_ms"]
-        results["rust_e2e"] = r["end_to_end_ms"]
+            r[f"torch_fwd_b{n}"] = median_ms(lambda: model(x), it)
+        r[f"ort_fwd_b{n}"] = median_ms(lambda: sess.run(None, {"x": xn}), it)
 
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    grid = F.affine_grid(torch.eye(3)[:2][None], (1, 3, 224, 224), align_corners=True)
-
-    def preprocess(path):
-        im = Image.open(path).convert("RGB").resize((532, 532), Image.BILINEAR)
-        im = im.crop((36, 36, 496, 496))
-        x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)[None].float() / 255.0
-        x = _grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-        return (x - mean) / std
+    pre = lesson_preprocess()
 
     def pure_torch(path):
         with torch.no_grad():
-            return torch.softmax(model(preprocess(path)), -1)
+            return torch.softmax(model(pre(path)), -1)
 
-    results["torch_pipeline_e2e"] = median_ms(lambda: pure_torch(args.image), args.iters)
-    results["torch_preprocess"] = median_ms(lambda: preprocess(args.image), args.iters)
+    r["torch_pipeline_e2e"] = median_ms(lambda: pure_torch(args.image), args.iters)
+    decoded = Image.open(args.image).convert("RGB")
+    r["torch_transforms"] = median_ms(lambda: pre(decoded), args.iters)
     with learn.no_bar(), learn.no_logging():
-        results["fastai_predict_e2e"] = median_ms(lambda: learn.predict(args.image), args.iters)
+        r["fastai_predict_e2e"] = median_ms(lambda: learn.predict(args.image), args.iters)
+
+    files = sorted(dir200.iterdir())
+
+    def ort_dir():
+        for i in range(0, len(files), 32):
+            x = torch.cat([pre(f) for f in files[i:i + 32]]).numpy()
+            sess.run(None, {"x": x})
+
+    ms = median_ms(ort_dir, 3, warmup=1)
+    r["ort_pil_dir200_images_per_s"] = len(files) / (ms / 1e3)
+
+    for kind in ("torch", "ort"):
+        out = subprocess.run([sys.executable, "-c", COLD, kind, str(ROOT), args.image, str(threads)],
+                             check=True, capture_output=True, text=True).stdout
+        c = json.loads(out.strip().splitlines()[-1])
+        r[f"{kind}_import_ms"] = c["import_ms"]
+        r[f"{kind}_cold_start_ms"] = c["cold_start_ms"]
+        r[f"{kind}_peak_rss_mb"] = c["peak_rss_mb"]
+    shutil.rmtree(dir200, ignore_errors=True)
 
     print(f"image: {args.image}, threads: {threads}, iters: {args.iters}")
-    print(f"{'what':42s} {'ms':>9s}")
-    for k, v in results.items():
-        print(f"{k:42s} {v:9.2f}")
+    print(f"{'what':34s} {'value':>9s}")
+    for k, v in r.items():
+        print(f"{k:34s} {v:9.2f}")
     print("ratios (the crate's time / the peer's; below 1 is faster):")
-    for n in (1, 32):
-        print(f"  forward b{n}: vs ONNX Runtime {results[f'rust_fwd_b{n}'] / results[f'ort_fwd_b{n}']:.2f}x,"
-              f" vs PyTorch {results[f'rust_fwd_b{n}'] / results[f'torch_fwd_b{n}']:.2f}x")
-    print(f"  end to end: vs pure-PyTorch pipeline {results['rust_e2e'] / results['torch_pipeline_e2e']:.2f}x,"
-          f" vs learn.predict {results['rust_e2e'] / results['fastai_predict_e2e']:.2f}x")
-    print(json.dumps(results))
+    for n in (1, 8, 32):
+        print(f"  forward b{n}: vs ONNX Runtime {r[f'rust_fwd_b{n}'] / r[f'ort_fwd_b{n}']:.2f}x,"
+              f" vs PyTorch {r[f'rust_fwd_b{n}'] / r[f'torch_fwd_b{n}']:.2f}x")
+    print(f"  end to end: {r['torch_pipeline_e2e'] / r['rust_e2e']:.2f}x faster than the pure-PyTorch"
+          f" pipeline, {r['fastai_predict_e2e'] / r['rust_e2e']:.2f}x faster than learn.predict")
+    print(f"  transforms alone: {r['torch_transforms'] / r['rust_transforms']:.2f}x faster than PIL + torch")
+    print(f"  200-image directory: {r['rust_dir200_images_per_s'] / r['ort_pil_dir200_images_per_s']:.2f}x"
+          " the throughput of ONNX Runtime with PIL + torch preprocessing")
+    print(f"  cold start: crate {r['rust_cold_start_ms']:.0f} ms, PyTorch {r['torch_cold_start_ms']:.0f} ms"
+          f" (+{r['torch_import_ms']:.0f} ms imports), ONNX Runtime {r['ort_cold_start_ms']:.0f} ms"
+          f" (+{r['ort_import_ms']:.0f} ms imports)")
+    print(f"  peak RSS: crate {r['rust_peak_rss_mb']:.0f} MiB, PyTorch {r['torch_peak_rss_mb']:.0f} MiB,"
+          f" ONNX Runtime {r['ort_peak_rss_mb']:.0f} MiB")
+    print(json.dumps(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
 
 
 if __name__ == "__main__":

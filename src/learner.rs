@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
 use image::RgbImage;
+use rayon::prelude::*;
 
 use crate::batch_tfms::BatchTfms;
 use crate::categorize::{Prediction, Vocab};
@@ -104,9 +105,11 @@ impl Learner {
 
     /// The normalized model input for decoded RGB images, `f32` `(N, 3, 224, 224)` on the
     /// learner's device: item transforms, then batch transforms.
+    ///
+    /// The images' item transforms run in parallel.
     pub fn model_input(&self, images: &[RgbImage]) -> Result<Tensor> {
         let items = images
-            .iter()
+            .par_iter()
             .map(|img| self.item_tfms.encodes(img))
             .collect::<Result<Vec<_>>>()?;
         let batch = BatchTfms::stack(&items, &self.device)?;
@@ -129,6 +132,28 @@ impl Learner {
     /// Decodes an image file (as `PILImage.create` does) and predicts it.
     pub fn predict_path(&self, path: impl AsRef<Path>) -> Result<Prediction> {
         self.predict(&load_image(path)?)
+    }
+
+    /// Decodes and predicts image files, `batch_size` per forward pass (decoding and item
+    /// transforms run in parallel). Fails on the first file that cannot be read or decoded,
+    /// naming it; results are in the order of `paths`.
+    pub fn predict_paths<P: AsRef<Path> + Sync>(
+        &self,
+        paths: &[P],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument("batch_size must be at least 1".into()));
+        }
+        let mut preds = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(batch_size) {
+            let images = chunk
+                .par_iter()
+                .map(load_image)
+                .collect::<Result<Vec<_>>>()?;
+            preds.extend(self.predict_batch(&images)?);
+        }
+        Ok(preds)
     }
 
     /// Predicts a batch of decoded RGB images in one forward pass; the results equal one

@@ -7,6 +7,7 @@
 use candle_core::{Module, Tensor, D};
 use candle_nn::{layer_norm, LayerNorm, LayerNormConfig, VarBuilder};
 
+use super::cpu::packed::PackedB;
 use super::Config;
 
 /// `nn.Linear` with its weight stored transposed, `(in_features, out_features)` row-major, the
@@ -16,6 +17,8 @@ use super::Config;
 pub struct Linear {
     pub(crate) weight_t: Tensor,
     pub(crate) bias: Option<Tensor>,
+    /// The weight packed for the CPU fast path's kernel (CPU, f32, AVX-512 only).
+    pub(crate) packed: Option<PackedB>,
 }
 
 impl Linear {
@@ -32,7 +35,12 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight_t, bias })
+        let packed = pack(&weight_t)?;
+        Ok(Linear {
+            weight_t,
+            bias,
+            packed,
+        })
     }
 }
 
@@ -44,6 +52,16 @@ impl Module for Linear {
             None => Ok(y),
         }
     }
+}
+
+/// Packs a transposed weight `(in, out)` for the CPU fast path when it lives in CPU memory as
+/// f32 and the CPU can run the packed kernel.
+fn pack(weight_t: &Tensor) -> candle_core::Result<Option<PackedB>> {
+    if !weight_t.device().is_cpu() || weight_t.dtype() != candle_core::DType::F32 {
+        return Ok(None);
+    }
+    let (k, n) = weight_t.dims2()?;
+    Ok(PackedB::new(&weight_t.flatten_all()?.to_vec1::<f32>()?, k, n))
 }
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
@@ -58,6 +76,8 @@ pub struct PatchEmbed {
     pub(crate) weight_t: Tensor,
     /// `proj.bias`.
     pub(crate) bias: Tensor,
+    /// `weight_t` packed for the CPU fast path.
+    pub(crate) packed: Option<PackedB>,
     patch_size: usize,
     embed_dim: usize,
 }
@@ -73,9 +93,11 @@ impl PatchEmbed {
             .t()?
             .contiguous()?;
         let bias = vb.get(cfg.embed_dim, "bias")?;
+        let packed = pack(&weight_t)?;
         Ok(PatchEmbed {
             weight_t,
             bias,
+            packed,
             patch_size: p,
             embed_dim: cfg.embed_dim,
         })

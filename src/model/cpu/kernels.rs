@@ -2,9 +2,10 @@
 //!
 //! Each kernel is plain Rust written so that LLVM vectorizes it (fixed 16-lane accumulators,
 //! branch-free polynomials), compiled three times by [`simd_fn!`]: for AVX-512, for AVX2 + FMA,
-//! and for the baseline target, with the best one picked at run time. All three do the same
-//! IEEE operations in the same order (Rust never contracts `a * b + c` into an FMA), so they
-//! give identical bits; only the speed differs.
+//! and for the baseline target, with the best one picked at run time. The polynomials use
+//! [`MulAdd`]: fused multiply-adds in the AVX builds, separate operations in the baseline one,
+//! so the AVX-512 and AVX2 builds give identical bits and the baseline build differs from them
+//! by rounding only (both are tested against exact references).
 
 /// Lanes of the hand-unrolled reductions: one AVX-512 register of f32.
 const LANES: usize = 16;
@@ -12,21 +13,22 @@ const LANES: usize = 16;
 /// Defines a function whose body is compiled for AVX-512, AVX2 + FMA and the baseline target,
 /// dispatching on run-time CPU feature detection.
 macro_rules! simd_fn {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$m:ident>($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            #[allow(unused)]
+            fn body<$m: MulAdd>($($arg: $ty),*) $body
 
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
-                    body($($arg),*)
+                    body::<Fused>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
+                    body::<Fused>($($arg),*)
                 }
                 if $crate::model::cpu::kernels::has_avx512() {
                     // SAFETY: `avx512` only enables features the running CPU reports.
@@ -37,9 +39,37 @@ macro_rules! simd_fn {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            body($($arg),*)
+            body::<Separate>($($arg),*)
         }
     };
+}
+
+/// `a * b + c`, fused (one rounding) where the CPU has FMA, as two operations where not.
+/// The kernels are generic over it because Rust never contracts `a * b + c` by itself, and a
+/// fused `mul_add` without hardware FMA is a slow library call.
+pub(crate) trait MulAdd {
+    /// `a * b + c`.
+    fn madd(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// Hardware fused multiply-add (only used inside functions compiled with FMA enabled).
+pub(crate) struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Separate multiply and add.
+pub(crate) struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
 }
 
 /// Whether the CPU has the AVX-512 subsets the kernels are compiled for.
@@ -117,20 +147,20 @@ fn lane_max(x: &[f32]) -> f32 {
 /// coefficients), and `2^n` built in the exponent bits. Within 2 ulp of `f32::exp`; inputs below
 /// -87.3 give about 1e-38 instead of a subnormal or 0, which no softmax sum can notice.
 #[inline(always)]
-pub(crate) fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg<M: MulAdd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = if x < -87.3 { -87.3 } else { x };
-    let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let n = M::madd(x, LOG2E, 0.5).floor();
+    let r = M::madd(n, -LN2_LO, M::madd(n, -LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = M::madd(p, r, 1.398_199_9e-3);
+    p = M::madd(p, r, 8.333_452e-3);
+    p = M::madd(p, r, 4.166_579_6e-2);
+    p = M::madd(p, r, 1.666_666_5e-1);
+    p = M::madd(p, r, 0.5);
+    let y = M::madd(p * r, r, r + 1.0);
     // 2^n from the exponent bits. `n + 127` is a whole number in [1, 254]; adding 2^23 puts it
     // in the low mantissa bits, where a shift moves it into the exponent. (A float-to-int cast
     // would do the same but stops LLVM from vectorizing the loop.)
@@ -144,20 +174,24 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
 /// would cancel): `erfc(z) = t · exp(-z² + P(t))`, `t = 1 / (1 + z / 2)`, with the Chebyshev
 /// fit `P` of Numerical Recipes' `erfcc` (relative error below 1.2e-7 for all `z >= 0`).
 #[inline(always)]
-pub(crate) fn normal_cdf(x: f32) -> f32 {
+pub(crate) fn normal_cdf<M: MulAdd>(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let t = 1.0 / (1.0 + 0.5 * z);
+    let t = 1.0 / M::madd(0.5, z, 1.0);
     let mut p = 0.170_872_77_f32;
-    p = p * t + -0.822_152_23;
-    p = p * t + 1.488_515_9;
-    p = p * t + -1.135_204;
-    p = p * t + 0.278_868_07;
-    p = p * t + -0.186_288_06;
-    p = p * t + 0.096_784_18;
-    p = p * t + 0.374_091_96;
-    p = p * t + 1.000_023_7;
-    p = p * t + -1.265_512_2;
-    let half_erfc = 0.5 * t * exp_neg(p - z * z);
+    for c in [
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+        -1.265_512_2,
+    ] {
+        p = M::madd(p, t, c);
+    }
+    let half_erfc = 0.5 * t * exp_neg::<M>(M::madd(-z, z, p));
     if x < 0.0 {
         half_erfc
     } else {
@@ -168,7 +202,7 @@ pub(crate) fn normal_cdf(x: f32) -> f32 {
 simd_fn! {
     /// Layer norm of each `dim`-wide row of `x` into `out`, with `weight` and `bias` of `dim`
     /// (biased variance, `eps` inside the square root, as `torch.nn.LayerNorm`).
-    pub(crate) fn layer_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    pub(crate) fn layer_norm_rows<M>(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
         let dim = weight.len();
         for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
             let mean = lane_sum(row) / dim as f32;
@@ -183,11 +217,11 @@ simd_fn! {
 
 simd_fn! {
     /// In-place softmax of each `dim`-wide row.
-    pub(crate) fn softmax_rows(x: &mut [f32], dim: usize) {
+    pub(crate) fn softmax_rows<M>(x: &mut [f32], dim: usize) {
         for row in x.chunks_exact_mut(dim) {
             let max = lane_max(row);
             for v in row.iter_mut() {
-                *v = exp_neg(*v - max);
+                *v = exp_neg::<M>(*v - max);
             }
             let inv = 1.0 / lane_sum(row);
             for v in row.iter_mut() {
@@ -200,12 +234,12 @@ simd_fn! {
 simd_fn! {
     /// In place, each `bias.len()`-wide row `x` becomes `gelu(x + bias) = v Φ(v)`, the exact
     /// (erf) GELU that timm's `nn.GELU()` computes.
-    pub(crate) fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
+    pub(crate) fn bias_gelu_rows<M>(x: &mut [f32], bias: &[f32]) {
         let dim = bias.len();
         for row in x.chunks_exact_mut(dim) {
             for (r, b) in row.iter_mut().zip(bias) {
                 let v = *r + b;
-                *r = v * normal_cdf(v);
+                *r = v * normal_cdf::<M>(v);
             }
         }
     }
@@ -213,7 +247,7 @@ simd_fn! {
 
 simd_fn! {
     /// Adds `bias` to each `bias.len()`-wide row of `x`.
-    pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
+    pub(crate) fn add_bias_rows<M>(x: &mut [f32], bias: &[f32]) {
         let dim = bias.len();
         for row in x.chunks_exact_mut(dim) {
             for (r, b) in row.iter_mut().zip(bias) {
@@ -237,11 +271,13 @@ mod tests {
         let mut worst = 0;
         for i in 0..200_000 {
             let x = -87.0 * i as f32 / 200_000.0;
-            worst = worst.max(ulps(exp_neg(x), x.exp()));
+            worst = worst.max(ulps(exp_neg::<Separate>(x), x.exp()));
+            worst = worst.max(ulps(exp_neg::<Fused>(x), x.exp()));
         }
         assert!(worst <= 2, "worst {worst} ulp");
-        assert_eq!(exp_neg(0.0), 1.0);
-        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
+        assert_eq!(exp_neg::<Separate>(0.0), 1.0);
+        assert_eq!(exp_neg::<Fused>(0.0), 1.0);
+        assert!(exp_neg::<Separate>(f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]
@@ -266,6 +302,11 @@ mod tests {
             .map(|((a, b), x)| ((a - b).abs() / b.abs().max(1.0), *x))
             .fold((0f32, 0f32), |m, v| if v.0 > m.0 { v } else { m });
         assert!(worst < 3e-7, "worst error {worst} at x = {at}");
+        // The baseline (no FMA) build of the same formula.
+        for (x, e) in xs.iter().zip(&exact) {
+            let g = x * normal_cdf::<Separate>(*x);
+            assert!((g - e).abs() / e.abs().max(1.0) < 3e-7, "baseline build at x = {x}");
+        }
     }
 
     #[test]

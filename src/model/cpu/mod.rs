@@ -13,6 +13,7 @@
 
 pub(crate) mod kernels;
 mod matmul;
+pub(crate) mod packed;
 
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use rayon::prelude::*;
 
 use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
 use self::matmul::{matmul, MatRef};
+use self::packed::{matmul_packed, PackedB};
 use super::VisionTransformer;
 
 /// Rows per tile: keeps a tile's MLP activations (`TILE x 4 * embed_dim`) in L2.
@@ -60,14 +62,61 @@ impl<'a> Host<'a> {
     }
 }
 
-/// One block's weights as slices (linear weights transposed, `(in, out)` row-major).
+/// A linear layer's transposed weight `(in, out)` row-major, its packed form when there is
+/// one, and its bias.
+struct LinW<'a> {
+    w: &'a [f32],
+    packed: Option<&'a PackedB>,
+    b: &'a [f32],
+}
+
+impl LinW<'_> {
+    /// `dst = x · W` (or `dst += x · W`) for `m` rows of `k` inputs into rows of `n` outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        x: &[f32],
+        dst: &mut [f32],
+        dst_row_stride: usize,
+        accumulate: bool,
+    ) {
+        match self.packed {
+            Some(p) if p.k() == k && p.n() == n => {
+                matmul_packed(m, x, k, p, dst, dst_row_stride, accumulate)
+            }
+            _ => matmul(
+                m,
+                n,
+                k,
+                dst,
+                dst_row_stride,
+                accumulate,
+                MatRef::rows(x, k),
+                MatRef::rows(self.w, n),
+                1.0,
+            ),
+        }
+    }
+}
+
+/// The patch embedding, class token and position embedding.
+struct Embed<'a> {
+    proj: LinW<'a>,
+    cls: &'a [f32],
+    pos: &'a [f32],
+}
+
+/// One block's weights as slices.
 struct BlockW<'a> {
     norm1: (&'a [f32], &'a [f32]),
-    qkv: (&'a [f32], &'a [f32]),
-    proj: (&'a [f32], &'a [f32]),
+    qkv: LinW<'a>,
+    proj: LinW<'a>,
     norm2: (&'a [f32], &'a [f32]),
-    fc1: (&'a [f32], &'a [f32]),
-    fc2: (&'a [f32], &'a [f32]),
+    fc1: LinW<'a>,
+    fc2: LinW<'a>,
 }
 
 /// The dimensions every kernel needs.
@@ -212,13 +261,30 @@ pub(crate) fn vit_forward(
     let s: Vec<&[f32]> = hosts.iter().map(Host::slice).collect();
     let blocks: Vec<BlockW> = s[4..4 + 12 * vit.blocks.len()]
         .chunks_exact(12)
-        .map(|c| BlockW {
+        .zip(&vit.blocks)
+        .map(|(c, b)| BlockW {
             norm1: (c[0], c[1]),
-            qkv: (c[2], c[3]),
-            proj: (c[4], c[5]),
+            qkv: LinW {
+                w: c[2],
+                packed: b.attn.qkv.packed.as_ref(),
+                b: c[3],
+            },
+            proj: LinW {
+                w: c[4],
+                packed: b.attn.proj.packed.as_ref(),
+                b: c[5],
+            },
             norm2: (c[6], c[7]),
-            fc1: (c[8], c[9]),
-            fc2: (c[10], c[11]),
+            fc1: LinW {
+                w: c[8],
+                packed: b.mlp.fc1.packed.as_ref(),
+                b: c[9],
+            },
+            fc2: LinW {
+                w: c[10],
+                packed: b.mlp.fc2.packed.as_ref(),
+                b: c[11],
+            },
         })
         .collect();
     let final_norm = (s[s.len() - 2], s[s.len() - 1]);
@@ -237,11 +303,20 @@ pub(crate) fn vit_forward(
         eps: cfg.layer_norm_eps as f32,
     };
     let mut ws = vit.workspaces.take();
+    let embed = Embed {
+        proj: LinW {
+            w: s[0],
+            packed: vit.patch_embed.packed.as_ref(),
+            b: s[1],
+        },
+        cls: s[2],
+        pos: s[3],
+    };
     let out = run(
         input.slice(),
         batch,
         &dm,
-        (s[0], s[1], s[2], s[3]),
+        &embed,
         &blocks,
         final_norm,
         &mut ws,
@@ -259,7 +334,7 @@ fn run(
     input: &[f32],
     batch: usize,
     dm: &Dims,
-    embed: (&[f32], &[f32], &[f32], &[f32]),
+    embed: &Embed,
     blocks: &[BlockW],
     final_norm: (&[f32], &[f32]),
     ws: &mut Workspace,
@@ -379,8 +454,9 @@ fn embed_tile(
     xt: &mut [f32],
     sc: &mut Scratch,
     dm: &Dims,
-    (proj_w, proj_b, cls, pos): (&[f32], &[f32], &[f32], &[f32]),
+    embed: &Embed,
 ) {
+    let (proj_b, cls, pos) = (embed.proj.b, embed.cls, embed.pos);
     let Dims {
         d,
         n,
@@ -418,17 +494,7 @@ fn embed_tile(
             }
         }
     }
-    matmul(
-        t,
-        d,
-        k,
-        xt,
-        d,
-        true,
-        MatRef::rows(patches, k),
-        MatRef::rows(proj_w, d),
-        1.0,
-    );
+    embed.proj.apply(t, k, d, patches, xt, d, true);
 }
 
 /// `qkv = norm1(x) · Wqkvᵀ + b` for a tile.
@@ -438,19 +504,9 @@ fn norm_qkv_tile(xt: &[f32], qt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &
     let normed = &mut sc.normed[..t * d];
     layer_norm_rows(xt, normed, blk.norm1.0, blk.norm1.1, dm.eps);
     for row in qt.chunks_exact_mut(3 * d) {
-        row.copy_from_slice(blk.qkv.1);
+        row.copy_from_slice(blk.qkv.b);
     }
-    matmul(
-        t,
-        3 * d,
-        d,
-        qt,
-        3 * d,
-        true,
-        MatRef::rows(normed, d),
-        MatRef::rows(blk.qkv.0, 3 * d),
-        1.0,
-    );
+    blk.qkv.apply(t, d, 3 * d, normed, qt, 3 * d, true);
 }
 
 /// `x += proj(attention(qkv))` for the tile's rows; keys and values come from every row of
@@ -506,18 +562,8 @@ fn attention_tile(
         }
         r += seg;
     }
-    add_bias_rows(xt, blk.proj.1);
-    matmul(
-        t,
-        d,
-        d,
-        xt,
-        d,
-        true,
-        MatRef::rows(&sc.attn[..t * d], d),
-        MatRef::rows(blk.proj.0, d),
-        1.0,
-    );
+    add_bias_rows(xt, blk.proj.b);
+    blk.proj.apply(t, d, d, &sc.attn[..t * d], xt, d, true);
 }
 
 /// `x += fc2(gelu(fc1(norm2(x))))` for a tile.
@@ -527,28 +573,8 @@ fn mlp_tile(xt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &BlockW) {
     let normed = &mut sc.normed[..t * d];
     layer_norm_rows(xt, normed, blk.norm2.0, blk.norm2.1, dm.eps);
     let hid = &mut sc.hidden[..t * hidden];
-    matmul(
-        t,
-        hidden,
-        d,
-        hid,
-        hidden,
-        false,
-        MatRef::rows(normed, d),
-        MatRef::rows(blk.fc1.0, hidden),
-        1.0,
-    );
-    bias_gelu_rows(hid, blk.fc1.1);
-    add_bias_rows(xt, blk.fc2.1);
-    matmul(
-        t,
-        d,
-        hidden,
-        xt,
-        d,
-        true,
-        MatRef::rows(hid, hidden),
-        MatRef::rows(blk.fc2.0, d),
-        1.0,
-    );
+    blk.fc1.apply(t, d, hidden, normed, hid, hidden, false);
+    bias_gelu_rows(hid, blk.fc1.b);
+    add_bias_rows(xt, blk.fc2.b);
+    blk.fc2.apply(t, hidden, d, hid, xt, d, true);
 }
