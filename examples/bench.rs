@@ -164,7 +164,9 @@ fn run() -> Result<(), String> {
         Some(dir) => {
             let files = image_files(dir)?;
             learn.predict_paths(&files, batch).map_err(err)?;
-            let ms = time_ms(3, || learn.predict_paths(&files, batch).map(|_| ()).map_err(err))?;
+            let ms = time_ms(3, || {
+                learn.predict_paths(&files, batch).map(|_| ()).map_err(err)
+            })?;
             Some((files.len(), files.len() as f64 / (ms / 1e3)))
         }
         None => None,

@@ -112,8 +112,7 @@ impl Learner {
             .par_iter()
             .map(|img| self.item_tfms.encodes(img))
             .collect::<Result<Vec<_>>>()?;
-        let batch = BatchTfms::stack(&items, &self.device)?;
-        self.batch_tfms.encodes(&batch)
+        self.batch_tfms.encodes_images(&items, &self.device)
     }
 
     /// The logits `(N, num_classes)` for a normalized model input.
@@ -143,7 +142,9 @@ impl Learner {
         batch_size: usize,
     ) -> Result<Vec<Prediction>> {
         if batch_size == 0 {
-            return Err(Error::InvalidArgument("batch_size must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "batch_size must be at least 1".into(),
+            ));
         }
         let mut preds = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(batch_size) {

@@ -149,3 +149,30 @@ fn cpu_fast_path_equals_candle_ops_path() {
         }
     }
 }
+
+/// `encodes_images` (no u8 batch built on the CPU) equals `stack` + the candle-op path, and
+/// refuses mixed sizes and empty batches.
+#[test]
+fn encodes_images_equals_stack_then_ops() {
+    let device = candle_core::Device::Cpu;
+    let images: Vec<image::RgbImage> = common::manifest()
+        .iter()
+        .take(3)
+        .map(|f| {
+            let item = &common::load(&format!("golden/{}", f.golden))["item"];
+            let (h, w, _) = item.dims3().unwrap();
+            let raw = item.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+            image::RgbImage::from_raw(w as u32, h as u32, raw).unwrap()
+        })
+        .collect();
+    let t = BatchTfms::default();
+    let fast = t.encodes_images(&images, &device).unwrap();
+    let ops = t
+        .encodes_ops(&BatchTfms::stack(&images, &device).unwrap())
+        .unwrap();
+    assert_eq!(common::max_abs_diff(&fast, &ops), 0.0);
+    let small = image::RgbImage::new(10, 10);
+    let err = t.encodes_images(&[images[0].clone(), small], &device).unwrap_err();
+    assert!(err.to_string().contains("differ in size"), "{err}");
+    assert!(t.encodes_images(&[], &device).is_err());
+}

@@ -59,15 +59,15 @@ fn fma(a: f32, b: f32, acc: f32) -> f32 {
     (f64::from(a) * f64::from(b) + f64::from(acc)) as f32
 }
 
-/// Runs the batch transforms on `n` HWC `u8` images of `h` x `w` stored back to back in
-/// `data`, returning the normalized `(n, 3, out_h, out_w)` `f32` batch.
+/// Runs the batch transforms on HWC `u8` images of `h` x `w` (each slice one image, `h * w * 3`
+/// bytes), returning the normalized `(images.len(), 3, out_h, out_w)` `f32` batch.
 ///
 /// One pass per output row, with no full-size intermediate: the (at most two) rows of the
 /// sampled image an output row reads are built on the fly from the bytes (`IntToFloatTensor`,
 /// then the area pooling when fastai applies it), into a small per-task buffer.
 pub(crate) fn encodes(
-    data: &[u8],
-    (n, h, w): (usize, usize, usize),
+    images: &[&[u8]],
+    (h, w): (usize, usize),
     (out_h, out_w): (usize, usize),
     normalize: &Normalize,
 ) -> Vec<f32> {
@@ -79,7 +79,8 @@ pub(crate) fn encodes(
         let mn = all.fold(f32::INFINITY, |a, &b| a.min(b));
         mx - mn
     };
-    let source = Source::new(data, (h, w), area_pre_size(h, w, out_w, range));
+    let n = images.len();
+    let source = Source::new(images, (h, w), area_pre_size(h, w, out_w, range));
     let (sh, sw) = source.size();
     let cols: Vec<Tap> = xs.iter().map(|&g| tap(g, sw)).collect();
     let rows: Vec<Tap> = ys.iter().map(|&g| tap(g, sh)).collect();
@@ -171,7 +172,7 @@ impl RowCache {
 
 /// The image `grid_sample` reads: the bytes as `f32` in `[0, 1]`, or their area pooling.
 struct Source<'a> {
-    data: &'a [u8],
+    images: &'a [&'a [u8]],
     h: usize,
     w: usize,
     /// `v / 255` in f32 for every byte value: the same quotients as dividing each time.
@@ -183,7 +184,7 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn new(data: &'a [u8], (h, w): (usize, usize), pooled: Option<(usize, usize)>) -> Self {
+    fn new(images: &'a [&'a [u8]], (h, w): (usize, usize), pooled: Option<(usize, usize)>) -> Self {
         let pool = pooled.map(|(ph, pw)| {
             (
                 (0..ph).map(|i| pool_window(i, ph, h)).collect::<Vec<_>>(),
@@ -195,7 +196,7 @@ impl<'a> Source<'a> {
             .map(|(_, cols)| cols.iter().map(|(c0, c1)| (c1 - c0) as f32).collect())
             .unwrap_or_default();
         Source {
-            data,
+            images,
             h,
             w,
             lut: std::array::from_fn(|v| v as f32 / 255.0),
@@ -215,8 +216,7 @@ impl<'a> Source<'a> {
     /// Source row `y` of image `img` as `f32`, channel-planar (`out[ch * w + x]`).
     fn convert_row(&self, img: usize, y: usize, out: &mut [f32]) {
         let w = self.w;
-        let start = ((img * self.h + y) * w) * 3;
-        let src = &self.data[start..start + w * 3];
+        let src = &self.images[img][y * w * 3..(y + 1) * w * 3];
         let (l0, rest) = out.split_at_mut(w);
         let (l1, l2) = rest.split_at_mut(w);
         for ((px, a), (b, c)) in src

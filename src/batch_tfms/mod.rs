@@ -119,13 +119,8 @@ impl BatchTfms {
             if let Ok((n, h, w, 3)) = x.dims4() {
                 if n > 0 && h > 0 && w > 0 {
                     let data = x.flatten_all()?.to_vec1::<u8>()?;
-                    let out =
-                        cpu::encodes(&data, (n, h, w), (self.height, self.width), &self.normalize);
-                    return Ok(Tensor::from_vec(
-                        out,
-                        (n, 3, self.height, self.width),
-                        x.device(),
-                    )?);
+                    let images: Vec<&[u8]> = data.chunks_exact(h * w * 3).collect();
+                    return self.encodes_cpu(&images, (h, w), x.device());
                 }
             }
         }
@@ -141,6 +136,48 @@ impl BatchTfms {
         let grid = identity_grid(n, self.height, self.width, x.device())?;
         let x = fastai_grid_sample(&x, &grid)?;
         self.normalize.encodes(&x)
+    }
+
+    /// Runs the pipeline on item-transformed images (all the same size) and returns the model
+    /// input on `device`: the same as [`BatchTfms::stack`] then [`BatchTfms::encodes`], and on
+    /// the CPU without building the `u8` batch first.
+    pub fn encodes_images(&self, images: &[image::RgbImage], device: &Device) -> Result<Tensor> {
+        let first = images
+            .first()
+            .ok_or_else(|| Error::InvalidArgument("empty batch".into()))?;
+        if !device.is_cpu() {
+            return self.encodes(&Self::stack(images, device)?);
+        }
+        self.check_size()?;
+        let (w, h) = first.dimensions();
+        if let Some(img) = images.iter().find(|i| i.dimensions() != (w, h)) {
+            return Err(Error::InvalidArgument(format!(
+                "batch images differ in size: {}x{} and {}x{}",
+                w,
+                h,
+                img.width(),
+                img.height()
+            )));
+        }
+        if w == 0 || h == 0 {
+            return self.encodes(&Self::stack(images, device)?);
+        }
+        let raws: Vec<&[u8]> = images.iter().map(|i| i.as_raw().as_slice()).collect();
+        self.encodes_cpu(&raws, (h as usize, w as usize), device)
+    }
+
+    fn encodes_cpu(
+        &self,
+        images: &[&[u8]],
+        (h, w): (usize, usize),
+        device: &Device,
+    ) -> Result<Tensor> {
+        let out = cpu::encodes(images, (h, w), (self.height, self.width), &self.normalize);
+        Ok(Tensor::from_vec(
+            out,
+            (images.len(), 3, self.height, self.width),
+            device,
+        )?)
     }
 
     fn check_size(&self) -> Result<()> {

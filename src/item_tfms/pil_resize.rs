@@ -337,7 +337,11 @@ mod tests {
         // width, same height, upscale.
         for (ow, oh) in [(50, 30), (58, 9), (61, 20), (45, 37), (130, 90)] {
             let full = resize_bilinear(&img, ow, oh).unwrap();
-            for (l, t, cw, ch) in [(0, 0, ow, oh), (3, 2, ow - 5, oh - 3), (ow - 1, oh - 1, 1, 1)] {
+            for (l, t, cw, ch) in [
+                (0, 0, ow, oh),
+                (3, 2, ow - 5, oh - 3),
+                (ow - 1, oh - 1, 1, 1),
+            ] {
                 let win = resize_bilinear_crop(&img, ow, oh, (l, t, cw, ch)).unwrap();
                 let cropped = image::imageops::crop_imm(&full, l, t, cw, ch).to_image();
                 assert_eq!(win, cropped, "{ow}x{oh} window ({l}, {t}, {cw}, {ch})");

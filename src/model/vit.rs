@@ -61,7 +61,11 @@ fn pack(weight_t: &Tensor) -> candle_core::Result<Option<PackedB>> {
         return Ok(None);
     }
     let (k, n) = weight_t.dims2()?;
-    Ok(PackedB::new(&weight_t.flatten_all()?.to_vec1::<f32>()?, k, n))
+    Ok(PackedB::new(
+        &weight_t.flatten_all()?.to_vec1::<f32>()?,
+        k,
+        n,
+    ))
 }
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {

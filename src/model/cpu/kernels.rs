@@ -305,7 +305,10 @@ mod tests {
         // The baseline (no FMA) build of the same formula.
         for (x, e) in xs.iter().zip(&exact) {
             let g = x * normal_cdf::<Separate>(*x);
-            assert!((g - e).abs() / e.abs().max(1.0) < 3e-7, "baseline build at x = {x}");
+            assert!(
+                (g - e).abs() / e.abs().max(1.0) < 3e-7,
+                "baseline build at x = {x}"
+            );
         }
     }
 

@@ -84,8 +84,14 @@ pub(crate) fn matmul_packed(
     if m == 0 {
         return;
     }
-    assert!((m - 1) * lhs_row_stride + b.k <= lhs.len(), "matmul_packed: lhs");
-    assert!((m - 1) * dst_row_stride + b.n <= dst.len(), "matmul_packed: dst");
+    assert!(
+        (m - 1) * lhs_row_stride + b.k <= lhs.len(),
+        "matmul_packed: lhs"
+    );
+    assert!(
+        (m - 1) * dst_row_stride + b.n <= dst.len(),
+        "matmul_packed: dst"
+    );
     assert!(b.data.len() == b.k * b.n, "matmul_packed: packed");
     #[cfg(target_arch = "x86_64")]
     {
@@ -185,14 +191,18 @@ mod tests {
     #[test]
     fn packed_product_matches_naive() {
         let (k, n) = (37, 64);
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
         let Some(packed) = PackedB::new(&b, k, n) else {
             eprintln!("no AVX-512 here: packed kernel not exercised");
             return;
         };
         for m in [1, 5, 6, 7, 13] {
             let lda = k + 3;
-            let a: Vec<f32> = (0..m * lda).map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0).collect();
+            let a: Vec<f32> = (0..m * lda)
+                .map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0)
+                .collect();
             let ldc = n + 5;
             let mut c = vec![0.5f32; m * ldc];
             matmul_packed(m, &a, lda, &packed, &mut c, ldc, true);
