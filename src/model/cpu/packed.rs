@@ -27,7 +27,7 @@ impl PackedB {
     /// Packs `b` (`k x n`, row-major), or `None` when `n` is not a multiple of 32 or this CPU
     /// lacks AVX-512 (callers then use the general matmul).
     pub(crate) fn new(b: &[f32], k: usize, n: usize) -> Option<Self> {
-        if n == 0 || k == 0 || n % NR != 0 || b.len() != k * n || !available() {
+        if n == 0 || k == 0 || !n.is_multiple_of(NR) || b.len() != k * n || !available() {
             return None;
         }
         let mut data = Vec::with_capacity(k * n);
