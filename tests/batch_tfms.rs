@@ -172,7 +172,9 @@ fn encodes_images_equals_stack_then_ops() {
         .unwrap();
     assert_eq!(common::max_abs_diff(&fast, &ops), 0.0);
     let small = image::RgbImage::new(10, 10);
-    let err = t.encodes_images(&[images[0].clone(), small], &device).unwrap_err();
+    let err = t
+        .encodes_images(&[images[0].clone(), small], &device)
+        .unwrap_err();
     assert!(err.to_string().contains("differ in size"), "{err}");
     assert!(t.encodes_images(&[], &device).is_err());
 }

@@ -72,19 +72,54 @@ impl MulAdd for Separate {
     }
 }
 
-/// Whether the CPU has the AVX-512 subsets the kernels are compiled for.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && has_avx2()
+/// The instruction sets the CPU fast path may use, best last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Simd {
+    /// The baseline target only.
+    Baseline,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512 (F, VL, DQ) besides AVX2 and FMA.
+    Avx512,
 }
 
-/// Whether the CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
+/// What this CPU supports, capped by the `FASTAI_INFER_SIMD` environment variable (`avx512`,
+/// `avx2` or `baseline`, read once) so the slower paths can be exercised and compared on any
+/// machine.
+pub(crate) fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("FASTAI_INFER_SIMD").as_deref() {
+            Ok("baseline") => Simd::Baseline,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        detect().min(cap)
+    })
+}
+
+fn detect() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            if has!("avx512f") && has!("avx512vl") && has!("avx512dq") {
+                return Simd::Avx512;
+            }
+            return Simd::Avx2;
+        }
+    }
+    Simd::Baseline
+}
+
+/// Whether the AVX-512 builds may run.
+pub(crate) fn has_avx512() -> bool {
+    simd() == Simd::Avx512
+}
+
+/// Whether the AVX2 + FMA builds may run.
 pub(crate) fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    simd() >= Simd::Avx2
 }
 
 /// Sum of `x` with 16 independent accumulators (vectorizable; fixed order, so deterministic).
@@ -216,9 +251,10 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// In-place softmax of each `dim`-wide row.
-    pub(crate) fn softmax_rows<M>(x: &mut [f32], dim: usize) {
-        for row in x.chunks_exact_mut(dim) {
+    /// In-place softmax of the first `dim` values of each `stride`-wide row.
+    pub(crate) fn softmax_rows<M>(x: &mut [f32], dim: usize, stride: usize) {
+        for row in x.chunks_mut(stride) {
+            let row = &mut row[..dim];
             let max = lane_max(row);
             for v in row.iter_mut() {
                 *v = exp_neg::<M>(*v - max);
@@ -323,7 +359,7 @@ mod tests {
         let mut out = vec![0f32; x.len()];
         layer_norm_rows(&x, &mut out, &w, &b, 1e-6);
         let mut sm = x.clone();
-        softmax_rows(&mut sm, dim);
+        softmax_rows(&mut sm, dim, dim);
         for (r, row) in x.chunks(dim).enumerate() {
             let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
             let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
 use self::matmul::{matmul, MatRef};
-use self::packed::{matmul_packed, PackedB};
+use self::packed::{matmul_packed, pack_strided, PackedB, PackedRef};
 use super::VisionTransformer;
 
 /// Rows per tile: keeps a tile's MLP activations (`TILE x 4 * embed_dim`) in L2.
@@ -84,8 +84,8 @@ impl LinW<'_> {
         accumulate: bool,
     ) {
         match self.packed {
-            Some(p) if p.k() == k && p.n() == n => {
-                matmul_packed(m, x, k, p, dst, dst_row_stride, accumulate)
+            Some(p) if packed::available() && p.view().k == k && p.view().n == n => {
+                matmul_packed(m, x, k, p.view(), dst, dst_row_stride, accumulate)
             }
             _ => matmul(
                 m,
@@ -144,6 +144,12 @@ struct Scratch {
     hidden: Vec<f32>,
     scores: Vec<f32>,
     patches: Vec<f32>,
+    /// Per head, the current image's keys, transposed, scaled and packed.
+    keys: Vec<Vec<f32>>,
+    /// Per head, the current image's values, packed.
+    values: Vec<Vec<f32>>,
+    /// The image `keys` and `values` hold, in the current block.
+    kv_image: Option<usize>,
 }
 
 /// Buffers a forward pass needs, kept between calls: allocating megabytes of fresh memory on
@@ -363,7 +369,7 @@ fn run(
         at_least(&mut sc.normed, tile * d);
         at_least(&mut sc.attn, tile * d);
         at_least(&mut sc.hidden, tile * dm.hidden);
-        at_least(&mut sc.scores, tile * n);
+        at_least(&mut sc.scores, tile * n.div_ceil(packed::NR) * packed::NR);
         at_least(&mut sc.patches, tile * dm.chans * dm.patch * dm.patch);
     }
     let scratch = &mut scratch[..chunks];
@@ -384,6 +390,9 @@ fn run(
         },
     );
     for (i, blk) in blocks.iter().enumerate() {
+        for sc in scratch.iter_mut() {
+            sc.kv_image = None;
+        }
         let cur: &[f32] = qkv_cur;
         let next_blk = blocks.get(i + 1);
         for_each_tile(
@@ -528,12 +537,63 @@ fn attention_tile(
     } = *dm;
     let t = xt.len() / d;
     let scale = 1.0 / (hd as f32).sqrt();
+    let packed = packed::available() && hd.is_multiple_of(packed::NR);
     let mut r = 0;
     while r < t {
         let g = row0 + r;
         let (b, tok) = (g / n, g % n);
         let seg = (t - r).min(n - tok);
         let img_base = b * n * 3 * d;
+        if packed {
+            // Pack this image's keys (scaled) and values once per block per thread, then run
+            // both products on the packed kernel; score rows are padded to a multiple of 32.
+            if sc.kv_image != Some(b) {
+                sc.keys.resize_with(heads, Vec::new);
+                sc.values.resize_with(heads, Vec::new);
+                for h in 0..heads {
+                    let k_src = &qkv[img_base + d + h * hd..];
+                    pack_strided(k_src, (hd, n), (1, 3 * d), scale, &mut sc.keys[h]);
+                    let v_src = &qkv[img_base + 2 * d + h * hd..];
+                    pack_strided(v_src, (n, hd), (3 * d, 1), 1.0, &mut sc.values[h]);
+                }
+                sc.kv_image = Some(b);
+            }
+            let np = n.div_ceil(packed::NR) * packed::NR;
+            for h in 0..heads {
+                let keys = PackedRef {
+                    k: hd,
+                    n: np,
+                    data: &sc.keys[h],
+                };
+                let scores = &mut sc.scores[..seg * np];
+                matmul_packed(
+                    seg,
+                    &qkv[g * 3 * d + h * hd..],
+                    3 * d,
+                    keys,
+                    scores,
+                    np,
+                    false,
+                );
+                softmax_rows(scores, n, np);
+                let values = PackedRef {
+                    k: n,
+                    n: hd,
+                    data: &sc.values[h],
+                };
+                matmul_packed(
+                    seg,
+                    scores,
+                    np,
+                    values,
+                    &mut sc.attn[r * d + h * hd..],
+                    d,
+                    false,
+                );
+            }
+            r += seg;
+            continue;
+        }
         for h in 0..heads {
             let scores = &mut sc.scores[..seg * n];
             matmul(
@@ -547,7 +607,7 @@ fn attention_tile(
                 MatRef::transposed(&qkv[img_base + d + h * hd..], 3 * d),
                 scale,
             );
-            softmax_rows(scores, n);
+            softmax_rows(scores, n, n);
             matmul(
                 seg,
                 hd,

@@ -43,27 +43,53 @@ impl PackedB {
         })
     }
 
-    /// Rows of the unpacked matrix (the reduction length).
-    pub(crate) fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Columns of the unpacked matrix.
-    pub(crate) fn n(&self) -> usize {
-        self.n
+    /// A borrowed view for [`matmul_packed`].
+    pub(crate) fn view(&self) -> PackedRef<'_> {
+        PackedRef {
+            k: self.k,
+            n: self.n,
+            data: &self.data,
+        }
     }
 }
 
-/// Whether the packed kernel can run on this CPU.
-fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+/// A packed `k x n` matrix (see [`PackedB`]) in borrowed memory.
+#[derive(Clone, Copy)]
+pub(crate) struct PackedRef<'a> {
+    pub k: usize,
+    pub n: usize,
+    pub data: &'a [f32],
+}
+
+/// Packs the `k x n` matrix whose element `(i, j)` is `src[i * row_stride + j * col_stride]`
+/// times `scale` into `out`, padding the columns with zeros to a multiple of 32. Returns the
+/// padded width. Used for each image's keys (transposed, so `k` is the head width) and values.
+pub(crate) fn pack_strided(
+    src: &[f32],
+    (k, n): (usize, usize),
+    (row_stride, col_stride): (usize, usize),
+    scale: f32,
+    out: &mut Vec<f32>,
+) -> usize {
+    let padded = n.div_ceil(NR) * NR;
+    out.clear();
+    out.resize(k * padded, 0.0);
+    for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+        for (i, row) in panel.chunks_exact_mut(NR).enumerate() {
+            for (jj, v) in row.iter_mut().enumerate() {
+                let j = p * NR + jj;
+                if j < n {
+                    *v = src[i * row_stride + j * col_stride] * scale;
+                }
+            }
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    padded
+}
+
+/// Whether the packed kernel can run (AVX-512, see [`super::kernels::simd`]).
+pub(crate) fn available() -> bool {
+    super::kernels::has_avx512()
 }
 
 /// `dst = lhs · B` (or `dst += lhs · B` when `accumulate`) for `m` rows: `lhs` rows are
@@ -76,7 +102,7 @@ pub(crate) fn matmul_packed(
     m: usize,
     lhs: &[f32],
     lhs_row_stride: usize,
-    b: &PackedB,
+    b: PackedRef<'_>,
     dst: &mut [f32],
     dst_row_stride: usize,
     accumulate: bool,
@@ -92,11 +118,15 @@ pub(crate) fn matmul_packed(
         (m - 1) * dst_row_stride + b.n <= dst.len(),
         "matmul_packed: dst"
     );
-    assert!(b.data.len() == b.k * b.n, "matmul_packed: packed");
+    assert!(
+        b.n.is_multiple_of(NR) && b.data.len() >= b.k * b.n,
+        "matmul_packed: packed"
+    );
+    assert!(available(), "matmul_packed: no AVX-512");
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: a `PackedB` only exists when `available()` saw AVX-512F on this CPU, and the
-        // asserts above prove every row the kernel reads or writes lies inside its slice.
+        // SAFETY: AVX-512F is present (asserted above), and the asserts above prove every row
+        // the kernel reads or writes lies inside its slice.
         unsafe {
             avx512::matmul(m, lhs, lhs_row_stride, b, dst, dst_row_stride, accumulate);
         }
@@ -109,7 +139,7 @@ pub(crate) fn matmul_packed(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PackedB, MR, NR};
+    use super::{PackedRef, MR, NR};
     use std::arch::x86_64::*;
 
     /// See [`super::matmul_packed`].
@@ -122,7 +152,7 @@ mod avx512 {
         m: usize,
         lhs: &[f32],
         lda: usize,
-        b: &PackedB,
+        b: PackedRef<'_>,
         dst: &mut [f32],
         ldc: usize,
         accumulate: bool,
@@ -205,7 +235,7 @@ mod tests {
                 .collect();
             let ldc = n + 5;
             let mut c = vec![0.5f32; m * ldc];
-            matmul_packed(m, &a, lda, &packed, &mut c, ldc, true);
+            matmul_packed(m, &a, lda, packed.view(), &mut c, ldc, true);
             for i in 0..m {
                 for j in 0..n {
                     let s: f64 = (0..k)
@@ -218,5 +248,29 @@ mod tests {
             }
         }
         assert!(PackedB::new(&b[..k * 48], k, 48).is_none());
+
+        // The same matrix packed from its transpose (column stride n... row stride 1), scaled.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut buf = Vec::new();
+        let padded = pack_strided(&bt[..(n - 5) * k], (k, n - 5), (1, k), 2.0, &mut buf);
+        assert_eq!(padded, n);
+        let view = PackedRef {
+            k,
+            n: padded,
+            data: &buf,
+        };
+        let a: Vec<f32> = (0..3 * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut c = vec![0f32; 3 * n];
+        matmul_packed(3, &a, k, view, &mut c, n, false);
+        for i in 0..3 {
+            for j in 0..n {
+                let s: f32 = if j < n - 5 {
+                    (0..k).map(|p| a[i * k + p] * b[p * n + j] * 2.0).sum()
+                } else {
+                    0.0
+                };
+                assert!((c[i * n + j] - s).abs() < 1e-3, "strided ({i}, {j})");
+            }
+        }
     }
 }
