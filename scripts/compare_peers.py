@@ -2,7 +2,7 @@
 """Times fastai-infer beside ONNX Runtime, PyTorch eager and fastai, in one run, on the same
 weights (the shipped fixture) and the same images, and prints medians and ratios.
 
-    ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--json FILE] [IMAGE]
+    ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--rounds N] [--json FILE] [IMAGE]
 
 What it measures (every runtime limited to the machine's cores, 2 here):
 - forward pass at batch 1, 8 and 32: the crate, ONNX Runtime (the fixture exported with
@@ -17,8 +17,9 @@ What it measures (every runtime limited to the machine's cores, 2 here):
   same weights), ONNX Runtime (its process also imports torch and fastai for the lesson's
   preprocessing, which is what a deployment with the same preprocessing would load).
 
-The crate is timed first, through `cargo run --release --example bench -- --json`, before this
-process loads torch or ONNX Runtime, whose idle worker threads would otherwise spin beside it.
+The crate is timed through `cargo run --release --example bench -- --json`, first before this
+process loads torch or ONNX Runtime (whose idle worker threads could spin beside it), then in
+rounds alternating with the peers' forward passes; each figure is the median over the rounds.
 """
 import argparse
 import json
@@ -134,6 +135,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds of the crate and the peers' forward passes")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds to wait after building, before timing")
     ap.add_argument("image", nargs="?", default=str(IMAGES / "grace_hopper.jpg"))
     args = ap.parse_args()
     threads = os.cpu_count() or 2
@@ -143,16 +148,27 @@ def main():
     # --- the crate first, before torch and ONNX Runtime are loaded in this process --------
     subprocess.run(["cargo", "build", "-q", "--release", "--example", "bench"], cwd=ROOT,
                    check=True)
-    cold = crate_bench(1, args.iters, args.image)
-    r["rust_cold_start_ms"] = cold["cold_start_ms"]
-    r["rust_peak_rss_mb"] = cold["peak_rss_mb"]
-    r["rust_e2e"] = cold["end_to_end_ms"]
-    r["rust_transforms"] = cold["transforms_ms"]
-    r["rust_fwd_b1"] = cold["forward_ms"]
-    r["rust_fwd_b8"] = crate_bench(8, args.iters, args.image)["forward_ms"]
-    b32 = crate_bench(32, max(5, args.iters // 2), args.image, ["--dir", str(dir200)])
-    r["rust_fwd_b32"] = b32["forward_ms"]
-    r["rust_dir200_images_per_s"] = b32["dir_images_per_s"]
+    time.sleep(args.settle)
+    rounds = []
+
+    def crate_round(extra_dir=False):
+        c = {}
+        b1 = crate_bench(1, args.iters, args.image)
+        c["rust_e2e"] = b1["end_to_end_ms"]
+        c["rust_transforms"] = b1["transforms_ms"]
+        c["rust_fwd_b1"] = b1["forward_ms"]
+        c["rust_fwd_b8"] = crate_bench(8, args.iters, args.image)["forward_ms"]
+        b32 = crate_bench(32, max(5, args.iters // 2), args.image,
+                          ["--dir", str(dir200)] if extra_dir else [])
+        c["rust_fwd_b32"] = b32["forward_ms"]
+        if extra_dir:
+            c["rust_dir200_images_per_s"] = b32["dir_images_per_s"]
+        return c, b1
+
+    first, b1 = crate_round(extra_dir=True)
+    r["rust_cold_start_ms"] = b1["cold_start_ms"]
+    r["rust_peak_rss_mb"] = b1["peak_rss_mb"]
+    r["rust_dir200_images_per_s"] = first.pop("rust_dir200_images_per_s")
 
     # --- the Python peers --------------------------------------------------------------------
     import numpy as np
@@ -172,13 +188,25 @@ def main():
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(ONNX_PATH), so, providers=["CPUExecutionProvider"])
 
-    for n in (1, 8, 32):
-        it = args.iters if n < 32 else max(5, args.iters // 2)
-        x = torch.randn(n, 3, 224, 224)
-        xn = x.numpy()
-        with torch.no_grad():
-            r[f"torch_fwd_b{n}"] = median_ms(lambda: model(x), it)
-        r[f"ort_fwd_b{n}"] = median_ms(lambda: sess.run(None, {"x": xn}), it)
+    def peer_round():
+        p = {}
+        for n in (1, 8, 32):
+            it = args.iters if n < 32 else max(5, args.iters // 2)
+            x = torch.randn(n, 3, 224, 224)
+            xn = x.numpy()
+            with torch.no_grad():
+                p[f"torch_fwd_b{n}"] = median_ms(lambda: model(x), it)
+            p[f"ort_fwd_b{n}"] = median_ms(lambda: sess.run(None, {"x": xn}), it)
+        return p
+
+    # Alternate the crate and the peers, then take each figure's median over the rounds, so
+    # that a slow spell of this (virtual) machine does not land on one side only.
+    rounds.append({**first, **peer_round()})
+    for _ in range(args.rounds - 1):
+        c, _ = crate_round()
+        rounds.append({**c, **peer_round()})
+    for k in rounds[0]:
+        r[k] = statistics.median(rd[k] for rd in rounds)
 
     pre = lesson_preprocess()
 
@@ -211,7 +239,7 @@ def main():
         r[f"{kind}_peak_rss_mb"] = c["peak_rss_mb"]
     shutil.rmtree(dir200, ignore_errors=True)
 
-    print(f"image: {args.image}, threads: {threads}, iters: {args.iters}")
+    print(f"image: {args.image}, threads: {threads}, iters: {args.iters}, rounds: {args.rounds}")
     print(f"{'what':34s} {'value':>9s}")
     for k, v in r.items():
         print(f"{k:34s} {v:9.2f}")

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
 use self::matmul::{matmul, MatRef};
-use self::packed::{matmul_packed, pack_strided, PackedB, PackedRef};
+use self::packed::{matmul_packed, pack_rows, pack_transposed, PackedB, PackedRef};
 use super::VisionTransformer;
 
 /// Rows per tile: keeps a tile's MLP activations (`TILE x 4 * embed_dim`) in L2.
@@ -552,9 +552,9 @@ fn attention_tile(
                 sc.values.resize_with(heads, Vec::new);
                 for h in 0..heads {
                     let k_src = &qkv[img_base + d + h * hd..];
-                    pack_strided(k_src, (hd, n), (1, 3 * d), scale, &mut sc.keys[h]);
+                    pack_transposed(k_src, (hd, n), 3 * d, scale, &mut sc.keys[h]);
                     let v_src = &qkv[img_base + 2 * d + h * hd..];
-                    pack_strided(v_src, (n, hd), (3 * d, 1), 1.0, &mut sc.values[h]);
+                    pack_rows(v_src, (n, hd), 3 * d, &mut sc.values[h]);
                 }
                 sc.kv_image = Some(b);
             }

@@ -61,30 +61,46 @@ pub(crate) struct PackedRef<'a> {
     pub data: &'a [f32],
 }
 
-/// Packs the `k x n` matrix whose element `(i, j)` is `src[i * row_stride + j * col_stride]`
-/// times `scale` into `out`, padding the columns with zeros to a multiple of 32. Returns the
-/// padded width. Used for each image's keys (transposed, so `k` is the head width) and values.
-pub(crate) fn pack_strided(
+/// Packs the transpose of `n` rows of `k` values (row `j` starts at `src[j * row_stride]`),
+/// times `scale`, as a `k x n` matrix, padding the columns with zeros to a multiple of 32.
+/// Returns the padded width. Used for each image's keys: `k` is the head width, `n` the tokens.
+pub(crate) fn pack_transposed(
     src: &[f32],
     (k, n): (usize, usize),
-    (row_stride, col_stride): (usize, usize),
+    row_stride: usize,
     scale: f32,
     out: &mut Vec<f32>,
 ) -> usize {
     let padded = n.div_ceil(NR) * NR;
     out.clear();
     out.resize(k * padded, 0.0);
-    for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
-        for (i, row) in panel.chunks_exact_mut(NR).enumerate() {
-            for (jj, v) in row.iter_mut().enumerate() {
-                let j = p * NR + jj;
-                if j < n {
-                    *v = src[i * row_stride + j * col_stride] * scale;
-                }
-            }
+    for j in 0..n {
+        let row = &src[j * row_stride..j * row_stride + k];
+        let panel = &mut out[(j / NR) * k * NR..(j / NR + 1) * k * NR];
+        for (dst, &v) in panel[j % NR..].iter_mut().step_by(NR).zip(row) {
+            *dst = v * scale;
         }
     }
     padded
+}
+
+/// Packs `k` rows of `n` values (row `i` starts at `src[i * row_stride]`, `n` a multiple of
+/// 32) as a `k x n` matrix. Used for each image's values: `k` is the tokens, `n` the head width.
+pub(crate) fn pack_rows(
+    src: &[f32],
+    (k, n): (usize, usize),
+    row_stride: usize,
+    out: &mut Vec<f32>,
+) {
+    debug_assert!(n.is_multiple_of(NR));
+    out.clear();
+    out.resize(k * n, 0.0);
+    for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+        for (i, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            let start = i * row_stride + p * NR;
+            dst.copy_from_slice(&src[start..start + NR]);
+        }
+    }
 }
 
 /// Whether the packed kernel can run (AVX-512, see [`super::kernels::simd`]).
@@ -249,10 +265,10 @@ mod tests {
         }
         assert!(PackedB::new(&b[..k * 48], k, 48).is_none());
 
-        // The same matrix packed from its transpose (column stride n... row stride 1), scaled.
+        // The same matrix packed from its transpose (rows of k), scaled, 5 columns short.
         let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let mut buf = Vec::new();
-        let padded = pack_strided(&bt[..(n - 5) * k], (k, n - 5), (1, k), 2.0, &mut buf);
+        let padded = pack_transposed(&bt, (k, n - 5), k, 2.0, &mut buf);
         assert_eq!(padded, n);
         let view = PackedRef {
             k,
@@ -269,8 +285,17 @@ mod tests {
                 } else {
                     0.0
                 };
-                assert!((c[i * n + j] - s).abs() < 1e-3, "strided ({i}, {j})");
+                assert!((c[i * n + j] - s).abs() < 1e-3, "transposed ({i}, {j})");
             }
         }
+        // And from rows with a stride.
+        let mut buf = Vec::new();
+        let wide: Vec<f32> = b
+            .chunks(n)
+            .flat_map(|r| r.iter().chain([9.0; 3].iter()))
+            .copied()
+            .collect();
+        pack_rows(&wide, (k, n), n + 3, &mut buf);
+        assert_eq!(&buf[..], &packed.data[..]);
     }
 }
