@@ -42,13 +42,25 @@ pub enum Error {
         reason: String,
     },
 
-    /// A weights file is not a readable safetensors file.
-    #[error("invalid safetensors file {}: {reason}", path.display())]
+    /// A weights file is not a readable safetensors or `.pth` file.
+    #[error("invalid weights file {}: {reason}", path.display())]
     InvalidWeights {
         /// The weights file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// A weights file holds tensors, but not the layout of a fastai `vision_learner` on a timm
+    /// ViT (`0.model.*` body, `1.N.*` head).
+    #[error("{} is not a fastai vision_learner on a timm ViT: {reason}; found {found}; expected fastai's state_dict keys, 0.model.* for the timm ViT body (patch_embed, cls_token, pos_embed, blocks.N, norm) and 1.0-1.6 for the head", path.display())]
+    NotFastaiVit {
+        /// The weights file.
+        path: PathBuf,
+        /// The first thing that did not fit.
+        reason: String,
+        /// Some of the keys found.
+        found: String,
     },
 
     /// A weights file's tensors do not match the model: every missing key, unexpected key

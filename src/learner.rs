@@ -27,9 +27,10 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// Loads a safetensors file of fastai's state_dict whose metadata carries the vocab, with
-    /// the pets recipe's transforms (`RandomResizedCrop(460)`, `aug_transforms(size=224)`,
-    /// ImageNet normalization).
+    /// Loads a weights file (safetensors or `.pth`, see [`FastaiWeights::load`]) whose
+    /// metadata carries the vocab, with the transforms of its recipe (the pets lesson's when it
+    /// has none: `RandomResizedCrop(460)`, `aug_transforms(size=224)`, ImageNet
+    /// normalization). A `.pth` carries no vocab: use [`Learner::load_with_labels`].
     pub fn load(weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let w = FastaiWeights::load(weights, device)?;
         let vocab = w.vocab()?.ok_or_else(|| Error::MissingVocab {
@@ -52,16 +53,37 @@ impl Learner {
         Self::from_weights(&w, vocab)
     }
 
-    /// Builds a learner from loaded weights and a vocab, with the pets recipe's transforms.
+    /// Builds a learner from loaded weights and a vocab, with the transforms of the weights'
+    /// recipe ([`FastaiWeights::recipe`]).
     pub fn from_weights(weights: &FastaiWeights, vocab: Vocab) -> Result<Self> {
         vocab.check_len(weights.config().num_classes, "the given vocab")?;
+        let recipe = weights.recipe()?;
+        let cfg = weights.config();
+        if cfg.in_chans != 3 {
+            return Err(Error::InvalidArgument(format!(
+                "the model in {} takes {} input channels; fastai-infer's pipeline makes RGB images (3)",
+                weights.path().display(),
+                cfg.in_chans
+            )));
+        }
+        let (bh, bw) = (recipe.batch_tfms.height, recipe.batch_tfms.width);
+        if (bh, bw) != (cfg.img_size, cfg.img_size) {
+            return Err(Error::InvalidMetadata {
+                path: weights.path().to_path_buf(),
+                key: crate::recipe::RECIPE_METADATA_KEY.to_string(),
+                reason: format!(
+                    "batch_tfms makes {bh}x{bw} inputs but the model's pos_embed is for {0}x{0} images",
+                    cfg.img_size
+                ),
+            });
+        }
         let model = weights.build_model()?;
         let device = model.device();
         Ok(Learner {
             model,
             vocab,
-            item_tfms: RandomResizedCrop::default(),
-            batch_tfms: BatchTfms::default(),
+            item_tfms: recipe.item_tfms,
+            batch_tfms: recipe.batch_tfms,
             device,
         })
     }

@@ -43,6 +43,7 @@ pub mod error;
 pub mod item_tfms;
 pub mod learner;
 pub mod model;
+pub mod recipe;
 pub mod weights;
 
 pub use categorize::{Prediction, Ranked, Vocab};
@@ -50,6 +51,7 @@ pub use decode::{load_image, load_image_from_memory};
 pub use error::{Error, KeyProblem, Result};
 pub use learner::Learner;
 pub use model::{Config, FastaiVit};
+pub use recipe::Recipe;
 pub use weights::FastaiWeights;
 
 /// Re-exported so users can name devices and tensors without adding candle themselves.

@@ -1,18 +1,29 @@
-//! Loading fastai's weights: a safetensors file holding `learn.model.state_dict()` as
-//! `safetensors.torch.save_file` writes it.
+//! Loading fastai's weights: `learn.model.state_dict()` as a safetensors file
+//! (`safetensors.torch.save_file`, or `scripts/export_fastai.py`, or `examples/convert.rs`) or
+//! as the `.pth` fastai's `learn.save` writes (see [`pth`](self) below).
 //!
 //! Keys keep fastai's names: the body under `0.model.` (timm's names), the head under `1.N.`.
-//! Loading is strict: every missing key, unexpected key, shape mismatch and unusable dtype is
-//! reported together in one [`Error::WeightsMismatch`]. The number of classes is read from
-//! `1.6.weight`. The file is memory-mapped. Float tensors may be stored as `F32`, `F16` or
-//! `BF16` and are converted to `F32`.
+//! The architecture (width, depth, patch and image size, classes) is read off the shapes
+//! ([`Config::infer`]); the heads from the recipe's `arch` or the timm convention. Loading is
+//! strict: every missing key, unexpected key, shape mismatch and unusable dtype is reported
+//! together in one [`Error::WeightsMismatch`]. Float tensors may be `F32`, `F16` or `BF16`
+//! and are converted to `F32`. Safetensors files are memory-mapped.
+//!
+//! The format is recognised by the file's first bytes, whatever its name: a zip archive is a
+//! `.pth` (the plain state_dict of `learn.save(..., with_opt=False)` or the
+//! `{'model': ..., 'opt': ...}` of the default `learn.save`), anything else must be
+//! safetensors.
 //!
 //! # Metadata
-//! The safetensors header's `__metadata__` may hold the vocab under the key `"vocab"` as a
-//! JSON array of strings in class-index order, e.g. `["Abyssinian", "Bengal", ...]`.
+//! A safetensors header's `__metadata__` may hold the vocab under `"vocab"` (a JSON array of
+//! strings in class-index order) and the preprocessing recipe under `"fastai_infer.recipe"`
+//! (see [`crate::recipe`] for the format). A `.pth` carries neither.
+
+mod pth;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
@@ -23,6 +34,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::categorize::Vocab;
 use crate::error::{Error, KeyProblem, Result};
 use crate::model::{Config, FastaiVit};
+use crate::recipe::{Recipe, RECIPE_METADATA_KEY};
 
 /// The metadata key that holds the vocab (a JSON array of strings).
 pub const VOCAB_METADATA_KEY: &str = "vocab";
@@ -31,6 +43,7 @@ pub const VOCAB_METADATA_KEY: &str = "vocab";
 #[derive(Debug)]
 pub struct FastaiWeights {
     path: PathBuf,
+    format: &'static str,
     config: Config,
     tensors: HashMap<String, Tensor>,
     metadata: HashMap<String, String>,
@@ -43,63 +56,188 @@ fn st_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-fn is_float(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+/// A stored tensor's element type, as far as loading cares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Float,
+    Int,
+    Other,
 }
 
-fn is_int(dtype: Dtype) -> bool {
-    matches!(
-        dtype,
-        Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::U32 | Dtype::U64
-    )
+fn kind_of_st(dtype: Dtype) -> Kind {
+    match dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => Kind::Float,
+        Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::U32 | Dtype::U64 => {
+            Kind::Int
+        }
+        _ => Kind::Other,
+    }
+}
+
+fn kind_of_candle(dtype: DType) -> Kind {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Kind::Float,
+        DType::I64 | DType::I32 | DType::I16 | DType::U8 | DType::U32 => Kind::Int,
+        _ => Kind::Other,
+    }
+}
+
+/// What the file turned out to be.
+enum Source<'a> {
+    Safetensors(SafeTensors<'a>),
+    Pth(pth::Pth),
+}
+
+/// The file's format from its first bytes.
+fn sniff(path: &Path, file: &mut File) -> Result<bool> {
+    let mut head = [0u8; 9];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => {
+                return Err(Error::Io {
+                    what: "weights",
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        }
+    }
+    let head = &head[..n];
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(true);
+    }
+    if head.first() == Some(&0x80) {
+        return Err(st_err(
+            path,
+            "a legacy (pre-zip) PyTorch pickle; re-save it with torch >= 1.6, whose torch.save \
+             writes the zip format fastai-infer reads",
+        ));
+    }
+    if n < 9 || head[8] != b'{' {
+        return Err(st_err(
+            path,
+            format!(
+                "neither a safetensors file (8-byte header length, then a JSON header) nor a \
+                 PyTorch .pth zip archive; it starts with {:02x?}",
+                head
+            ),
+        ));
+    }
+    Ok(false)
 }
 
 impl FastaiWeights {
-    /// Memory-maps and loads a safetensors file of fastai's state_dict for the default
-    /// architecture (`vit_tiny_patch16_224`), with the number of classes read from
-    /// `1.6.weight`.
+    /// Loads a fastai ViT `vision_learner`'s weights from a safetensors or `.pth` file, with
+    /// the architecture read off the shapes (and the recipe's `arch`, for the heads).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        Self::load_with_config(path, Config::default(), device)
+        Self::load_inner(path.as_ref(), None, device)
     }
 
-    /// Like [`FastaiWeights::load`] for another architecture; `config.num_classes` is
-    /// replaced by the class count found in `1.6.weight` when that tensor is present.
+    /// Like [`FastaiWeights::load`] with the architecture given instead of inferred;
+    /// `config.num_classes` is replaced by the class count found in `1.6.weight` when that
+    /// tensor is present. Every key and shape must match `config`.
     pub fn load_with_config(
         path: impl AsRef<Path>,
-        mut config: Config,
+        config: Config,
         device: &Device,
     ) -> Result<Self> {
-        let path = path.as_ref();
+        Self::load_inner(path.as_ref(), Some(config), device)
+    }
+
+    fn load_inner(path: &Path, config: Option<Config>, device: &Device) -> Result<Self> {
         let io_err = |source| Error::Io {
             what: "weights",
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io_err)?;
+        let mut file = File::open(path).map_err(io_err)?;
         if file.metadata().map_err(io_err)?.is_dir() {
             return Err(io_err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "is a directory",
             )));
         }
-        // SAFETY: the map is read-only and lives only inside this function; the tensors are
-        // copied out of it before it is dropped. A file truncated by another process while
-        // mapped could fault, which is the documented caveat of memory-mapping; the issue's
-        // design asks for a mapped load to avoid reading the whole file into memory twice.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, e))?;
+        let is_pth = sniff(path, &mut file)?;
+        let mmap;
+        let (source, metadata, format) = if is_pth {
+            let p = pth::Pth::open(path).map_err(|e| st_err(path, e))?;
+            let format = if p.layout == "state_dict" {
+                ".pth (state_dict)"
+            } else {
+                ".pth ({'model': state_dict, 'opt': ...})"
+            };
+            (Source::Pth(p), HashMap::new(), format)
+        } else {
+            // SAFETY: the map is read-only and lives only inside this function; the tensors
+            // are copied out of it before it is dropped. A file truncated by another process
+            // while mapped could fault, which is the documented caveat of memory-mapping; the
+            // design asks for a mapped load to avoid reading the whole file into memory twice.
+            mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+            let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e))?;
+            let metadata = header.metadata().clone().unwrap_or_default();
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, e))?;
+            (Source::Safetensors(st), metadata, "safetensors")
+        };
 
-        let found: HashMap<String, (Dtype, Vec<usize>)> = st
-            .iter()
-            .map(|(k, v)| (k.to_string(), (v.dtype(), v.shape().to_vec())))
-            .collect();
-        if let Some((_, shape)) = found.get("1.6.weight") {
-            if shape.len() == 2 {
-                config.num_classes = shape[0];
+        let found: HashMap<String, (Kind, String, Vec<usize>)> = match &source {
+            Source::Safetensors(st) => st
+                .iter()
+                .map(|(k, v)| {
+                    let d = v.dtype();
+                    (
+                        k.to_string(),
+                        (kind_of_st(d), format!("{d:?}"), v.shape().to_vec()),
+                    )
+                })
+                .collect(),
+            Source::Pth(p) => p
+                .header()
+                .into_iter()
+                .map(|(k, (d, shape))| (k, (kind_of_candle(d), format!("{d:?}"), shape)))
+                .collect(),
+        };
+        let config = match config {
+            Some(mut c) => {
+                if let Some((_, _, shape)) = found.get("1.6.weight") {
+                    if shape.len() == 2 {
+                        c.num_classes = shape[0];
+                    }
+                }
+                c
             }
-        }
+            None => {
+                let recipe = recipe_from(path, &metadata)?;
+                let shapes: HashMap<String, Vec<usize>> = found
+                    .iter()
+                    .map(|(k, (_, _, s))| (k.clone(), s.clone()))
+                    .collect();
+                let (bh, bw) = (recipe.batch_tfms.height, recipe.batch_tfms.width);
+                if bh != bw {
+                    return Err(Error::InvalidMetadata {
+                        path: path.to_path_buf(),
+                        key: RECIPE_METADATA_KEY.to_string(),
+                        reason: format!(
+                            "batch_tfms is {bh}x{bw}; timm ViTs here take square inputs"
+                        ),
+                    });
+                }
+                Config::infer(&shapes, bh, recipe.arch.as_deref(), recipe.num_heads).map_err(
+                    |reason| {
+                        let mut keys: Vec<&String> = found.keys().collect();
+                        keys.sort();
+                        Error::NotFastaiVit {
+                            path: path.to_path_buf(),
+                            reason,
+                            found: summarize(&keys),
+                        }
+                    },
+                )?
+            }
+        };
+
         let expected = config.state_dict_shapes();
         let mut problems = Vec::new();
         for (key, shape) in &expected {
@@ -108,7 +246,7 @@ impl FastaiWeights {
                     key: key.clone(),
                     expected: shape.clone(),
                 }),
-                Some((dtype, found_shape)) => {
+                Some((kind, dtype, found_shape)) => {
                     if found_shape != shape {
                         problems.push(KeyProblem::ShapeMismatch {
                             key: key.clone(),
@@ -117,12 +255,8 @@ impl FastaiWeights {
                         });
                     }
                     let counter = key.ends_with("num_batches_tracked");
-                    let ok = if counter {
-                        is_int(*dtype)
-                    } else {
-                        is_float(*dtype)
-                    };
-                    if !ok {
+                    let want = if counter { Kind::Int } else { Kind::Float };
+                    if *kind != want {
                         problems.push(KeyProblem::DType {
                             key: key.clone(),
                             expected: if counter {
@@ -131,7 +265,7 @@ impl FastaiWeights {
                                 "F32, F16 or BF16"
                             }
                             .to_string(),
-                            found: format!("{dtype:?}"),
+                            found: dtype.clone(),
                         });
                     }
                 }
@@ -139,7 +273,7 @@ impl FastaiWeights {
         }
         let expected_keys: std::collections::HashSet<&str> =
             expected.iter().map(|(k, _)| k.as_str()).collect();
-        for (key, (_, shape)) in &found {
+        for (key, (_, _, shape)) in &found {
             if !expected_keys.contains(key.as_str()) {
                 problems.push(KeyProblem::Unexpected {
                     key: key.clone(),
@@ -157,22 +291,51 @@ impl FastaiWeights {
 
         let mut tensors = HashMap::with_capacity(expected.len());
         for (key, _) in &expected {
-            if key.ends_with("num_batches_tracked") {
-                continue;
-            }
-            let view = st.tensor(key).map_err(|e| st_err(path, e))?;
-            let t = view
-                .load(device)
-                .and_then(|t| t.to_dtype(DType::F32))
-                .map_err(|e| st_err(path, format!("tensor {key}: {e}")))?;
+            let counter = key.ends_with("num_batches_tracked");
+            let target = if counter { DType::I64 } else { DType::F32 };
+            let t = match &source {
+                Source::Safetensors(st) => {
+                    let view = st.tensor(key).map_err(|e| st_err(path, e))?;
+                    view.load(device)
+                        .and_then(|t| t.to_dtype(target))
+                        .map_err(|e| st_err(path, format!("tensor {key}: {e}")))?
+                }
+                Source::Pth(p) => p
+                    .get(key)
+                    .and_then(|t| {
+                        t.to_dtype(target)
+                            .and_then(|t| t.to_device(device))
+                            .map_err(|e| format!("tensor {key}: {e}"))
+                    })
+                    .map_err(|e| st_err(path, e))?,
+            };
             tensors.insert(key.clone(), t);
         }
         Ok(FastaiWeights {
             path: path.to_path_buf(),
+            format,
             config,
             tensors,
             metadata,
         })
+    }
+
+    /// The file's format: `"safetensors"`, `".pth (state_dict)"` or
+    /// `".pth ({'model': state_dict, 'opt': ...})"`.
+    pub fn format(&self) -> &'static str {
+        self.format
+    }
+
+    /// Every tensor of the state_dict by key (floats as `F32`, the BatchNorm counters as
+    /// `I64`), e.g. to write them elsewhere.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// The preprocessing recipe from the metadata (key `"fastai_infer.recipe"`), or the pets
+    /// lesson's when there is none.
+    pub fn recipe(&self) -> Result<Recipe> {
+        recipe_from(&self.path, &self.metadata)
     }
 
     /// The architecture, with `num_classes` from `1.6.weight`.
@@ -221,4 +384,34 @@ impl FastaiWeights {
         let vb = VarBuilder::from_tensors(self.tensors.clone(), DType::F32, &device);
         Ok(FastaiVit::new(&self.config, vb)?)
     }
+}
+
+/// The recipe in `metadata`, or the default.
+fn recipe_from(path: &Path, metadata: &HashMap<String, String>) -> Result<Recipe> {
+    match metadata.get(RECIPE_METADATA_KEY) {
+        None => Ok(Recipe::default()),
+        Some(raw) => Recipe::from_json(raw).map_err(|reason| Error::InvalidMetadata {
+            path: path.to_path_buf(),
+            key: RECIPE_METADATA_KEY.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// A few of `keys`, for error messages.
+fn summarize(keys: &[&String]) -> String {
+    const SHOWN: usize = 6;
+    let mut s = keys
+        .iter()
+        .take(SHOWN)
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if keys.len() > SHOWN {
+        s += &format!(", ... ({} keys in all)", keys.len());
+    }
+    if keys.is_empty() {
+        s = "no tensors".into();
+    }
+    s
 }

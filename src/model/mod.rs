@@ -66,6 +66,109 @@ impl Config {
         }
     }
 
+    /// The architecture of a fastai ViT `vision_learner` read off its state_dict's shapes
+    /// (`shapes` maps each key to its shape) for `img_size`-pixel square inputs (the recipe's
+    /// batch size, which `0.model.pos_embed` must then fit):
+    /// `embed_dim`, `in_chans` and `patch_size` from `0.model.patch_embed.proj.weight`
+    /// `(embed_dim, in_chans, patch, patch)`; `depth` from the highest `0.model.blocks.N.` key;
+    /// `mlp_ratio` from `blocks.0.mlp.fc1.weight`; `head_hidden` and `num_classes` from
+    /// `1.2.weight` and `1.6.weight`.
+    ///
+    /// The number of attention heads does not show in any shape. It comes from `num_heads`
+    /// when given, else from the timm `arch` name when it is a known ViT size (`tiny` 3,
+    /// `small` 6, `base` 12, `large` 16, `huge` 16), else it is `embed_dim / 64`: every timm ViT
+    /// size uses 64-wide heads.
+    ///
+    /// The error says which key is missing or has the wrong shape: a file that is not a
+    /// fastai ViT learner stops here.
+    pub fn infer(
+        shapes: &std::collections::HashMap<String, Vec<usize>>,
+        img_size: usize,
+        arch: Option<&str>,
+        num_heads: Option<usize>,
+    ) -> Result<Self, String> {
+        let get = |key: &str, rank: usize| -> Result<&[usize], String> {
+            match shapes.get(key) {
+                None => Err(format!("no {key}")),
+                Some(s) if s.len() != rank => {
+                    Err(format!("{key} has shape {s:?}, expected {rank} dimensions"))
+                }
+                Some(s) if s.contains(&0) => Err(format!("{key} has an empty shape {s:?}")),
+                Some(s) => Ok(s.as_slice()),
+            }
+        };
+        let pe = get("0.model.patch_embed.proj.weight", 4)?;
+        let (embed_dim, in_chans, patch_size) = (pe[0], pe[1], pe[2]);
+        if pe[3] != patch_size {
+            return Err(format!(
+                "0.model.patch_embed.proj.weight has shape {pe:?}: patches are not square"
+            ));
+        }
+        if img_size == 0 || !img_size.is_multiple_of(patch_size) {
+            return Err(format!(
+                "the {img_size}-pixel input is not a whole number of {patch_size}-pixel patches"
+            ));
+        }
+        let depth = shapes
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("0.model.blocks.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |last| last + 1);
+        if depth == 0 {
+            return Err("no 0.model.blocks.N.* keys: no transformer blocks".into());
+        }
+        let fc1 = get("0.model.blocks.0.mlp.fc1.weight", 2)?;
+        if fc1[1] != embed_dim || !fc1[0].is_multiple_of(embed_dim) {
+            return Err(format!(
+                "0.model.blocks.0.mlp.fc1.weight has shape {fc1:?}; expected (k * {embed_dim}, {embed_dim})"
+            ));
+        }
+        let lin2 = get("1.2.weight", 2)?;
+        let lin6 = get("1.6.weight", 2)?;
+        let heads = match num_heads {
+            Some(h) => h,
+            None => {
+                let known = arch.and_then(|a| {
+                    [
+                        ("tiny", 3),
+                        ("small", 6),
+                        ("base", 12),
+                        ("large", 16),
+                        ("huge", 16),
+                    ]
+                    .into_iter()
+                    .find(|(size, _)| a.starts_with("vit_") && a.split('_').nth(1) == Some(*size))
+                    .map(|(_, h)| h)
+                });
+                known.unwrap_or(embed_dim / 64)
+            }
+        };
+        if heads == 0 || !embed_dim.is_multiple_of(heads) {
+            return Err(format!(
+                "{heads} attention heads do not divide the {embed_dim}-wide tokens"
+            ));
+        }
+        Ok(Config {
+            embed_dim,
+            depth,
+            num_heads: heads,
+            mlp_ratio: fc1[0] / embed_dim,
+            patch_size,
+            img_size,
+            in_chans,
+            head_hidden: lin2[0],
+            num_classes: lin6[0],
+            layer_norm_eps: 1e-6,
+            batch_norm_eps: 1e-5,
+        })
+    }
+
     /// Patches per image side squared (196 for ViT-tiny at 224).
     pub fn num_patches(&self) -> usize {
         let g = self.img_size / self.patch_size;
@@ -164,5 +267,88 @@ impl FastaiVit {
 impl Module for FastaiVit {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.head.forward(&self.body.forward(x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn shapes(cfg: &Config) -> HashMap<String, Vec<usize>> {
+        cfg.state_dict_shapes().into_iter().collect()
+    }
+
+    #[test]
+    fn infers_vit_tiny_and_other_sizes_from_shapes() {
+        let tiny = Config::vit_tiny_patch16_224(37);
+        assert_eq!(
+            Config::infer(&shapes(&tiny), 224, None, None).unwrap(),
+            tiny
+        );
+        let small = Config {
+            embed_dim: 384,
+            num_heads: 6,
+            num_classes: 5,
+            ..tiny.clone()
+        };
+        let s = shapes(&small);
+        // From the arch name, from the 64-wide-heads rule, and given explicitly.
+        assert_eq!(
+            Config::infer(&s, 224, Some("vit_small_patch16_224"), None).unwrap(),
+            small
+        );
+        assert_eq!(Config::infer(&s, 224, None, None).unwrap(), small);
+        let eight = Config::infer(&s, 224, Some("vit_small_patch16_224"), Some(8)).unwrap();
+        assert_eq!(eight.num_heads, 8);
+        let base32 = Config {
+            embed_dim: 768,
+            num_heads: 12,
+            patch_size: 32,
+            img_size: 384,
+            depth: 2,
+            ..tiny.clone()
+        };
+        assert_eq!(
+            Config::infer(&shapes(&base32), 384, Some("vit_base_patch32_384"), None).unwrap(),
+            base32
+        );
+    }
+
+    #[test]
+    fn says_what_is_missing_or_wrong() {
+        let tiny = Config::vit_tiny_patch16_224(37);
+        let mut s = shapes(&tiny);
+        s.remove("0.model.patch_embed.proj.weight");
+        let e = Config::infer(&s, 224, None, None).unwrap_err();
+        assert!(e.contains("no 0.model.patch_embed.proj.weight"), "{e}");
+        let mut s = shapes(&tiny);
+        s.insert(
+            "0.model.patch_embed.proj.weight".into(),
+            vec![192, 3, 16, 8],
+        );
+        assert!(Config::infer(&s, 224, None, None)
+            .unwrap_err()
+            .contains("not square"));
+        let s = shapes(&tiny);
+        assert!(Config::infer(&s, 220, None, None)
+            .unwrap_err()
+            .contains("patches"));
+        let s: HashMap<String, Vec<usize>> = shapes(&tiny)
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("0.model.blocks."))
+            .collect();
+        assert!(Config::infer(&s, 224, None, None)
+            .unwrap_err()
+            .contains("no transformer blocks"));
+        let mut s = shapes(&tiny);
+        s.remove("1.6.weight");
+        assert!(Config::infer(&s, 224, None, None)
+            .unwrap_err()
+            .contains("1.6.weight"));
+        let s = shapes(&tiny);
+        assert!(Config::infer(&s, 224, None, Some(5))
+            .unwrap_err()
+            .contains("heads"));
     }
 }
