@@ -17,7 +17,8 @@ use fastai_infer::{load_image, Learner, Prediction};
 const USAGE: &str = "\
 usage: predict [--weights FILE] [--labels FILE] [--top-k N] [--json] [--dump-input DIR] IMAGE...
 
-  --weights FILE    safetensors of fastai's state_dict (default: the shipped weights/pets_vit_tiny.safetensors)
+  --weights FILE    fastai's state_dict as safetensors or as learn.save's .pth
+                    (default: the shipped weights/pets_vit_tiny.safetensors)
   --labels FILE     vocab, one label per line (default: the vocab in the weights' metadata)
   --top-k N         how many classes to show (default 3)
   --json            one JSON object per image per line:

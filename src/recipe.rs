@@ -54,11 +54,12 @@ pub struct Recipe {
 }
 
 impl Default for Recipe {
-    /// The pets lesson: `vit_tiny_patch16_224`, `RandomResizedCrop(460)`,
-    /// `aug_transforms(size=224)`, `Normalize.from_stats(*imagenet_stats)`.
+    /// The pets lesson's transforms: `RandomResizedCrop(460)`, `aug_transforms(size=224)`,
+    /// `Normalize.from_stats(*imagenet_stats)`. No `arch`: the architecture comes from the
+    /// weights' shapes.
     fn default() -> Self {
         Recipe {
-            arch: Some("vit_tiny_patch16_224".into()),
+            arch: None,
             num_heads: None,
             item_tfms: RandomResizedCrop::default(),
             batch_tfms: BatchTfms::default(),

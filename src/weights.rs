@@ -133,7 +133,18 @@ impl FastaiWeights {
     /// Loads a fastai ViT `vision_learner`'s weights from a safetensors or `.pth` file, with
     /// the architecture read off the shapes (and the recipe's `arch`, for the heads).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        Self::load_inner(path.as_ref(), None, device)
+        Self::load_inner(path.as_ref(), None, None, device)
+    }
+
+    /// Like [`FastaiWeights::load`] with `recipe` in place of any recipe in the file's
+    /// metadata (for a `.pth`, which carries none): its `arch`/`num_heads` fix the attention
+    /// heads and its batch size the input size. [`FastaiWeights::recipe`] then returns it.
+    pub fn load_with_recipe(
+        path: impl AsRef<Path>,
+        recipe: &Recipe,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_inner(path.as_ref(), None, Some(recipe), device)
     }
 
     /// Like [`FastaiWeights::load`] with the architecture given instead of inferred;
@@ -144,10 +155,15 @@ impl FastaiWeights {
         config: Config,
         device: &Device,
     ) -> Result<Self> {
-        Self::load_inner(path.as_ref(), Some(config), device)
+        Self::load_inner(path.as_ref(), Some(config), None, device)
     }
 
-    fn load_inner(path: &Path, config: Option<Config>, device: &Device) -> Result<Self> {
+    fn load_inner(
+        path: &Path,
+        config: Option<Config>,
+        recipe: Option<&Recipe>,
+        device: &Device,
+    ) -> Result<Self> {
         let io_err = |source| Error::Io {
             what: "weights",
             path: path.to_path_buf(),
@@ -162,7 +178,7 @@ impl FastaiWeights {
         }
         let is_pth = sniff(path, &mut file)?;
         let mmap;
-        let (source, metadata, format) = if is_pth {
+        let (source, mut metadata, format) = if is_pth {
             let p = pth::Pth::open(path).map_err(|e| st_err(path, e))?;
             let format = if p.layout == "state_dict" {
                 ".pth (state_dict)"
@@ -209,7 +225,13 @@ impl FastaiWeights {
                 c
             }
             None => {
-                let recipe = recipe_from(path, &metadata)?;
+                let recipe = match recipe {
+                    Some(r) => {
+                        metadata.insert(RECIPE_METADATA_KEY.to_string(), r.to_json());
+                        r.clone()
+                    }
+                    None => recipe_from(path, &metadata)?,
+                };
                 let shapes: HashMap<String, Vec<usize>> = found
                     .iter()
                     .map(|(k, (_, _, s))| (k.clone(), s.clone()))
@@ -332,10 +354,53 @@ impl FastaiWeights {
         &self.tensors
     }
 
-    /// The preprocessing recipe from the metadata (key `"fastai_infer.recipe"`), or the pets
-    /// lesson's when there is none.
+    /// The preprocessing recipe from the metadata (key `"fastai_infer.recipe"`, or the one
+    /// given to [`FastaiWeights::load_with_recipe`]), or the pets lesson's when there is none.
     pub fn recipe(&self) -> Result<Recipe> {
         recipe_from(&self.path, &self.metadata)
+    }
+
+    /// Writes the state_dict as one self-describing safetensors file: every tensor under its
+    /// fastai key (floats as `F32`, the BatchNorm counters as `I64`), the vocab under
+    /// `"vocab"` when given, and `recipe` under `"fastai_infer.recipe"`.
+    pub fn save_safetensors(
+        &self,
+        path: impl AsRef<Path>,
+        vocab: Option<&Vocab>,
+        recipe: &Recipe,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        if let Some(v) = vocab {
+            v.check_len(self.config.num_classes, "the vocab to save")?;
+        }
+        let mut metadata = HashMap::new();
+        metadata.insert(RECIPE_METADATA_KEY.to_string(), recipe.to_json());
+        if let Some(v) = vocab {
+            metadata.insert(
+                VOCAB_METADATA_KEY.to_string(),
+                serde_json::to_string(v.labels()).map_err(|e| {
+                    Error::InvalidArgument(format!("vocab cannot be written as JSON: {e}"))
+                })?,
+            );
+        }
+        let cpu: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
+            .collect::<candle_core::Result<_>>()?;
+        safetensors::serialize_to_file(
+            cpu.iter().map(|(k, t)| (k.clone(), t)),
+            Some(metadata),
+            path,
+        )
+        .map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(source) => Error::Io {
+                what: "output weights",
+                path: path.to_path_buf(),
+                source,
+            },
+            other => st_err(path, other),
+        })
     }
 
     /// The architecture, with `num_classes` from `1.6.weight`.

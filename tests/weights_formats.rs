@@ -161,3 +161,41 @@ fn tensors_that_are_not_a_vit_learner_say_what_they_are() {
         .to_string()
         .contains("expected fastai's state_dict keys"));
 }
+
+#[test]
+fn save_safetensors_round_trips_with_vocab_and_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = FastaiWeights::load(common::weights(), &Device::Cpu).unwrap();
+    let vocab = w.vocab().unwrap().unwrap();
+    let mut recipe = Recipe {
+        arch: Some("vit_tiny_patch16_224".into()),
+        ..Default::default()
+    };
+    recipe.item_tfms.val_xtra = 0.2;
+    let out = dir.path().join("out.safetensors");
+    w.save_safetensors(&out, Some(&vocab), &recipe).unwrap();
+    let back = FastaiWeights::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(back.recipe().unwrap(), recipe);
+    assert_eq!(back.vocab().unwrap().unwrap(), vocab);
+    assert_eq!(back.config(), w.config());
+    assert_eq!(back.tensors().len(), w.tensors().len());
+    for (k, t) in w.tensors() {
+        let d = common::max_abs_diff(
+            &t.to_dtype(candle_core::DType::F32).unwrap(),
+            &back.tensors()[k].to_dtype(candle_core::DType::F32).unwrap(),
+        );
+        assert_eq!(d, 0.0, "{k}");
+    }
+    // A vocab of the wrong length is refused before anything is written.
+    let short = fastai_infer::Vocab::new(vec!["a".into()]);
+    let err = w
+        .save_safetensors(dir.path().join("short.safetensors"), Some(&short), &recipe)
+        .unwrap_err();
+    assert!(matches!(err, Error::VocabMismatch { .. }), "{err:?}");
+    assert!(!dir.path().join("short.safetensors").exists());
+    // An unwritable destination is an Io error naming it.
+    let err = w
+        .save_safetensors(dir.path().join("no/such/dir.safetensors"), None, &recipe)
+        .unwrap_err();
+    assert!(err.to_string().contains("no/such/dir.safetensors"), "{err}");
+}
