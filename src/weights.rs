@@ -246,17 +246,27 @@ impl FastaiWeights {
                         ),
                     });
                 }
-                Config::infer(&shapes, bh, recipe.arch.as_deref(), recipe.num_heads).map_err(
-                    |reason| {
-                        let mut keys: Vec<&String> = found.keys().collect();
-                        keys.sort();
-                        Error::NotFastaiVit {
-                            path: path.to_path_buf(),
-                            reason,
-                            found: summarize(&keys),
-                        }
-                    },
-                )?
+                let config = Config::infer(&shapes, bh, recipe.arch.as_deref(), recipe.num_heads)
+                    .map_err(|reason| {
+                    let mut keys: Vec<&String> = found.keys().collect();
+                    keys.sort();
+                    Error::NotFastaiVit {
+                        path: path.to_path_buf(),
+                        reason,
+                        found: summarize(&keys),
+                    }
+                })?;
+                if !bh.is_multiple_of(config.patch_size) {
+                    return Err(Error::InvalidMetadata {
+                        path: path.to_path_buf(),
+                        key: RECIPE_METADATA_KEY.to_string(),
+                        reason: format!(
+                            "batch_tfms size {bh} is not a whole number of the model's {}-pixel patches",
+                            config.patch_size
+                        ),
+                    });
+                }
+                config
             }
         };
 

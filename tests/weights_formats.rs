@@ -77,6 +77,21 @@ fn a_bad_recipe_names_the_key_and_the_field() {
         other => panic!("unexpected {other:?}"),
     }
 
+    // A batch size that is not whole patches.
+    let mut odd = Recipe::default();
+    odd.batch_tfms.height = 300;
+    odd.batch_tfms.width = 300;
+    let p = with_metadata(
+        &dir,
+        "odd.safetensors",
+        &[("fastai_infer.recipe", odd.to_json())],
+    );
+    let err = FastaiWeights::load(&p, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidMetadata { reason, .. } if reason.contains("16-pixel patches")),
+        "{err:?}"
+    );
+
     // A batch size the weights' pos_embed does not fit: the shape mismatch is reported.
     let mut big = Recipe::default();
     big.batch_tfms.height = 320;

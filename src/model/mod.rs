@@ -104,11 +104,6 @@ impl Config {
                 "0.model.patch_embed.proj.weight has shape {pe:?}: patches are not square"
             ));
         }
-        if img_size == 0 || !img_size.is_multiple_of(patch_size) {
-            return Err(format!(
-                "the {img_size}-pixel input is not a whole number of {patch_size}-pixel patches"
-            ));
-        }
         let depth = shapes
             .keys()
             .filter_map(|k| {
@@ -330,10 +325,6 @@ mod tests {
         assert!(Config::infer(&s, 224, None, None)
             .unwrap_err()
             .contains("not square"));
-        let s = shapes(&tiny);
-        assert!(Config::infer(&s, 220, None, None)
-            .unwrap_err()
-            .contains("patches"));
         let s: HashMap<String, Vec<usize>> = shapes(&tiny)
             .into_iter()
             .filter(|(k, _)| !k.starts_with("0.model.blocks."))
