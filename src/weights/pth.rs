@@ -4,7 +4,8 @@
 //! The pickle is parsed by candle's reader, which executes nothing; before any tensor is read
 //! every Python class the pickle names is checked against the plain tensor subset (tensors,
 //! storages, `OrderedDict`), so a file that needs arbitrary objects is refused by name, as
-//! `torch.load(weights_only=True)` would refuse it.
+//! `torch.load(weights_only=True)` would refuse it. The one exception is fastcore's `L` inside
+//! the optimizer state (`'opt'`, never read) of fastai's default `learn.save`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,28 +43,35 @@ fn allowed_class(module: &str, class: &str) -> bool {
 }
 
 /// The first class outside the tensor subset, walking the object tree without recursion.
+/// Under the top-level `'opt'` entry (fastai's optimizer state, never read) fastcore's `L`,
+/// which fastai keeps its hyper-parameters in, is allowed too.
 fn foreign_class(root: &Object) -> Option<String> {
-    let mut todo = vec![root];
-    while let Some(obj) = todo.pop() {
+    let mut todo = vec![(root, false)];
+    while let Some((obj, in_opt)) = todo.pop() {
         match obj {
             Object::Class {
                 module_name,
                 class_name,
-            } if !allowed_class(module_name, class_name) => {
+            } if !allowed_class(module_name, class_name)
+                && (!in_opt || module_name != "fastcore.foundation" || class_name != "L") =>
+            {
                 return Some(format!("{module_name}.{class_name}"));
             }
-            Object::Tuple(v) | Object::List(v) => todo.extend(v.iter()),
+            Object::Tuple(v) | Object::List(v) => todo.extend(v.iter().map(|o| (o, in_opt))),
             Object::Dict(kv) => {
                 for (k, v) in kv {
-                    todo.push(k);
-                    todo.push(v);
+                    let opt = in_opt
+                        || (std::ptr::eq(obj, root)
+                            && matches!(k, Object::Unicode(s) if s == "opt"));
+                    todo.push((k, in_opt));
+                    todo.push((v, opt));
                 }
             }
             Object::Reduce { callable, args } | Object::Build { callable, args } => {
-                todo.push(callable);
-                todo.push(args);
+                todo.push((callable, in_opt));
+                todo.push((args, in_opt));
             }
-            Object::PersistentLoad(o) => todo.push(o),
+            Object::PersistentLoad(o) => todo.push((o, in_opt)),
             _ => {}
         }
     }
@@ -124,13 +132,6 @@ impl Pth {
                 .finalize()
                 .map_err(|e| format!("{pickle}: incomplete pickle: {e}"))
         })?;
-        if let Some(class) = foreign_class(&root) {
-            return Err(format!(
-                "the pickle needs the Python class {class}, outside the plain tensor subset \
-                 (a state_dict of tensors, or {{'model': state_dict, 'opt': ...}}); \
-                 torch.load(weights_only=True) would refuse it too"
-            ));
-        }
         let Object::Dict(entries) = &root else {
             return Err(format!(
                 "the pickle holds {}, expected a state_dict (a dict of tensors) or \
@@ -146,6 +147,13 @@ impl Pth {
         } else {
             (None, "state_dict")
         };
+        if let Some(class) = foreign_class(&root) {
+            return Err(format!(
+                "the pickle needs the Python class {class}, outside the plain tensor subset \
+                 (a state_dict of tensors, or {{'model': state_dict, 'opt': ...}}); \
+                 torch.load(weights_only=True) would refuse it too"
+            ));
+        }
         let tensors = guarded("tensor table", || {
             PthTensors::new(path, key).map_err(|e| format!("cannot list the tensors: {e}"))
         })?;

@@ -1,0 +1,810 @@
+#!/usr/bin/env python3
+"""Exports a fastai ViT Learner to one self-describing safetensors file for fastai-infer.
+
+    python scripts/export_fastai.py [--dtype f32|f16|bf16] EXPORT_PKL OUTPUT.safetensors
+    python scripts/export_fastai.py --self-test
+
+EXPORT_PKL is what `learn.export()` wrote (any file name: export.pkl, model.pth, ...), read
+with `fastai.learner.load_learner(path, cpu=True)` (which unpickles it: only pass files you
+trust). A `learn.save()` .pth holds only the weights, not the vocab nor the transforms: it is
+refused; convert it with `cargo run --example convert` and explicit recipe flags instead.
+
+From Python, for a live Learner:
+
+    import sys; sys.path.insert(0, "scripts")
+    from export_fastai import export_learner
+    export_learner(learn, "model.safetensors", dtype="f16")
+
+The file holds `learn.model.state_dict()` with fastai's own key names (`0.model.*`: the timm
+body; `1.N.*`: fastai's head, BatchNorm running statistics and `num_batches_tracked` included),
+floating-point tensors cast to --dtype (integer tensors kept as they are), and two metadata
+entries (safetensors metadata values are strings):
+
+  "vocab"                JSON array: list(learn.dls.vocab)
+  "fastai_infer.recipe"  JSON object, format version 1:
+      {"format_version": 1, "arch": "vit_small_patch16_224",
+       "item_tfms": {"name": "RandomResizedCrop", "height": H, "width": W,
+                     "val_xtra": 0.14, "resample": "bilinear"},
+       "batch_tfms": {"height": h, "width": w, "mode": "bilinear",
+                      "pad_mode": "reflection", "align_corners": true},
+       "normalize": {"mean": [r, g, b], "std": [r, g, b]}}
+    ("num_heads" is added only when neither the arch name nor embed_dim/64 gives the number of
+    attention heads, which is how fastai-infer derives it otherwise.)
+
+Every value is read from the Learner's validation pipelines (`learn.dls.valid.after_item`,
+`.after_batch`) and its model, then checked end to end: fastai's own `test_dl` batch of a
+synthetic image must equal what the recipe computes with PIL and PyTorch.
+
+Refused (exit code 2, the message names the transform or module and what is supported), for
+anything fastai-infer cannot reproduce at validation time:
+  - item transforms other than RandomResizedCrop (PIL bilinear) + ToTensor: Resize, CropPad,
+    RatioResize, RandomCrop, ... (training-only ones, split_idx 0, are ignored);
+  - batch transforms other than IntToFloatTensor(div=255), one AffineCoordTfm (aug_transforms:
+    mode bilinear, pad_mode reflection, align_corners True) and a 3-channel Normalize; e.g.
+    RandomResizedCropGPU (aug_transforms(min_scale<1)); training-only ones are ignored;
+  - a model that is not nn.Sequential(TimmBody(timm VisionTransformer with a class token,
+    global_pool 'token', no register tokens, square input), fastai's default head
+    BatchNorm1d-Dropout-Linear-ReLU-BatchNorm1d-Dropout-Linear);
+  - a loss function whose activation is not a softmax (learn.predict's probabilities).
+
+Exit codes: 0 written; 1 usage or I/O error; 2 refused.
+`--self-test` builds small learners (pretrained=False, no training, the images in
+tests/fixtures/images) with each refused setup, exports them with learn.export to a temporary
+folder, runs this exporter on them and checks the refusal messages; and checks the recipe of
+accepted setups, non-square sizes included.
+"""
+import argparse
+import contextlib
+import io
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+RECIPE_KEY = "fastai_infer.recipe"
+FORMAT_VERSION = 1
+EXIT_REFUSED = 2
+
+ITEM_SUPPORT = "fastai-infer reproduces only RandomResizedCrop (PIL bilinear) + ToTensor as item transforms"
+BATCH_SUPPORT = ("fastai-infer reproduces only IntToFloatTensor(div=255), one AffineCoordTfm "
+                 "(aug_transforms: mode 'bilinear', pad_mode 'reflection', align_corners=True) "
+                 "and a 3-channel Normalize as batch transforms")
+MODEL_SUPPORT = ("fastai-infer runs only vision_learner(dls, '<timm ViT>') models: "
+                 "nn.Sequential(TimmBody(timm VisionTransformer with a class token, "
+                 "global_pool='token', no register tokens), fastai's default head "
+                 "BatchNorm1d-Dropout-Linear-ReLU-BatchNorm1d-Dropout-Linear)")
+
+
+class ExportRefused(Exception):
+    """The Learner uses something fastai-infer cannot reproduce; the message says what."""
+
+
+def _refuse(msg):
+    raise ExportRefused(msg)
+
+
+def _dtype(name):
+    import torch
+    table = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of {sorted(table)}, not {name!r}")
+    return table[name]
+
+
+def _f32(v):
+    """A float32 value as the shortest decimal that reads back as the same float32."""
+    import numpy as np
+    return float(str(np.float32(v)))
+
+
+def _desc(t):
+    """A transform's name and its fastai repr on one line."""
+    return f"{type(t).__name__} ({' '.join(repr(t).split())})"
+
+
+def _runs_on_valid(t):
+    """Whether a transform runs on the validation set (split_idx None or 1).
+
+    AffineCoordTfm.before_call overwrites its own instance `split_idx` with the split of the
+    last batch it saw (0 after a training batch), so its class attribute (None: it always
+    runs, as an identity affine at validation) is what counts.
+    """
+    from fastai.vision.augment import AffineCoordTfm
+    si = type(t).split_idx if isinstance(t, AffineCoordTfm) else getattr(t, "split_idx", None)
+    return si is None or si == 1
+
+
+def _pipeline(learn, name):
+    dls = learn.dls
+    valid = getattr(dls, "valid", None)
+    p = getattr(valid, name, None) if valid is not None else None
+    return p if p is not None else getattr(dls, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# transforms
+# ---------------------------------------------------------------------------------------------
+
+def item_recipe(learn):
+    """The RandomResizedCrop of the validation item pipeline, as the recipe's item_tfms."""
+    from PIL import Image
+    from fastai.data.transforms import ToTensor
+    from fastai.vision.augment import RandomResizedCrop
+
+    rrc, to_tensor = [], []
+    for t in _pipeline(learn, "after_item").fs:
+        if not _runs_on_valid(t):
+            continue
+        if type(t) is RandomResizedCrop:
+            rrc.append(t)
+        elif isinstance(t, ToTensor):
+            to_tensor.append(t)
+        else:
+            _refuse(f"item transform {_desc(t)} runs on the validation set; {ITEM_SUPPORT}")
+    if len(rrc) != 1:
+        _refuse(f"the item transforms hold {len(rrc)} RandomResizedCrop (need exactly one); "
+                f"{ITEM_SUPPORT}")
+    if len(to_tensor) != 1:
+        _refuse(f"the item transforms hold {len(to_tensor)} ToTensor (need exactly one); "
+                f"{ITEM_SUPPORT}")
+    t = rrc[0]
+    if t.mode != Image.Resampling.BILINEAR or t.resamples[0] != Image.Resampling.BILINEAR:
+        _refuse(f"item transform {_desc(t)} resamples images with "
+                f"{Image.Resampling(t.mode).name}; {ITEM_SUPPORT}")
+    vx = float(t.val_xtra)
+    if not (math.isfinite(vx) and vx >= 0):
+        _refuse(f"item transform {_desc(t)} has val_xtra {vx}; it must be a finite number >= 0")
+    # fastai stores RandomResizedCrop's size as (width, height): _process_sz swaps the
+    # (height, width) the user passes.
+    width, height = (int(s) for s in t.size)
+    return {"name": "RandomResizedCrop", "height": height, "width": width,
+            "val_xtra": vx, "resample": "bilinear"}
+
+
+def batch_recipe(learn, item):
+    """The validation batch pipeline as the recipe's batch_tfms and normalize."""
+    from fastai.data.transforms import IntToFloatTensor, Normalize
+    from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU
+
+    before = [t for t in _pipeline(learn, "before_batch").fs if _runs_on_valid(t)]
+    if before:
+        _refuse(f"before_batch transform {_desc(before[0])} runs on the validation set; "
+                f"fastai-infer reproduces no before_batch transforms")
+    to_float, affine, norm = [], [], []
+    for t in _pipeline(learn, "after_batch").fs:
+        if not _runs_on_valid(t):
+            continue
+        if isinstance(t, RandomResizedCropGPU):
+            _refuse(f"batch transform {_desc(t)} runs on the validation set (aug_transforms "
+                    f"adds it when min_scale < 1); {BATCH_SUPPORT}")
+        if type(t) is IntToFloatTensor:
+            to_float.append(t)
+        elif isinstance(t, AffineCoordTfm):
+            affine.append(t)
+        elif type(t) is Normalize:
+            norm.append(t)
+        else:
+            _refuse(f"batch transform {_desc(t)} runs on the validation set; {BATCH_SUPPORT}")
+
+    if len(to_float) != 1:
+        _refuse(f"the batch transforms hold {len(to_float)} IntToFloatTensor (need exactly "
+                f"one); {BATCH_SUPPORT}")
+    if float(to_float[0].div) != 255.0:
+        _refuse(f"batch transform {_desc(to_float[0])} divides by {to_float[0].div}; "
+                f"{BATCH_SUPPORT}")
+
+    if len(affine) != 1:
+        _refuse(f"the batch transforms hold {len(affine)} AffineCoordTfm "
+                f"({', '.join(type(a).__name__ for a in affine) or 'none: no aug_transforms'}; "
+                f"need exactly one, which sets the model's input size); {BATCH_SUPPORT}")
+    a = affine[0]
+    if a.mode != "bilinear":
+        _refuse(f"batch transform {_desc(a)} has mode {a.mode!r}; {BATCH_SUPPORT}")
+    if str(a.pad_mode) != "reflection":
+        _refuse(f"batch transform {_desc(a)} has pad_mode {a.pad_mode!r}; {BATCH_SUPPORT}")
+    if a.align_corners is not True:
+        _refuse(f"batch transform {_desc(a)} has align_corners={a.align_corners!r}; "
+                f"{BATCH_SUPPORT}")
+    # AffineCoordTfm keeps size as the user gave it, (height, width); None keeps the item's.
+    if a.size is None:
+        height, width = item["height"], item["width"]
+    elif isinstance(a.size, int):
+        height = width = a.size
+    else:
+        height, width = (int(s) for s in a.size)
+
+    if len(norm) != 1:
+        _refuse(f"the batch transforms hold {len(norm)} Normalize (need exactly one); "
+                f"{BATCH_SUPPORT}")
+    n = norm[0]
+    if n.mean is None or n.std is None:
+        _refuse(f"batch transform {_desc(n)} has no statistics; {BATCH_SUPPORT}")
+    mean = [_f32(v) for v in n.mean.detach().cpu().float().flatten().tolist()]
+    std = [_f32(v) for v in n.std.detach().cpu().float().flatten().tolist()]
+    if len(mean) != 3 or len(std) != 3 or tuple(n.mean.shape) != (1, 3, 1, 1) \
+            or tuple(n.std.shape) != (1, 3, 1, 1) or tuple(n.axes) != (0, 2, 3):
+        _refuse(f"batch transform {_desc(n)} is not a per-channel 3-channel Normalize (mean "
+                f"shape {tuple(n.mean.shape)}, std shape {tuple(n.std.shape)}, axes "
+                f"{tuple(n.axes)}); {BATCH_SUPPORT}")
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        _refuse(f"batch transform {_desc(n)} has non-finite or non-positive statistics")
+    return ({"height": height, "width": width, "mode": "bilinear", "pad_mode": "reflection",
+             "align_corners": True},
+            {"mean": mean, "std": std})
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+
+def _heads_from_name(arch, embed_dim):
+    """How fastai-infer derives the attention heads when the recipe has no num_heads."""
+    table = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16}
+    parts = arch.split("_") if arch else []
+    if arch and arch.startswith("vit_") and len(parts) > 1 and parts[1] in table:
+        return table[parts[1]]
+    return embed_dim // 64
+
+
+def model_info(learn, n_classes):
+    """Checks the model is a fastai ViT learner fastai-infer runs; returns arch and heads."""
+    import torch.nn as nn
+    from fastai.vision.learner import TimmBody
+    from timm.layers import Mlp, PatchEmbed
+    from timm.models.vision_transformer import Attention, Block, VisionTransformer
+
+    m = learn.model
+    if not isinstance(m, nn.Sequential) or len(m) != 2:
+        _refuse(f"the model is a {type(m).__name__}, not nn.Sequential(body, head); {MODEL_SUPPORT}")
+    body, head = m[0], m[1]
+    if not isinstance(body, TimmBody):
+        _refuse(f"the model's body is a {type(body).__name__}, not fastai's TimmBody; {MODEL_SUPPORT}")
+    vit = body.model
+    if type(vit) is not VisionTransformer:
+        _refuse(f"the TimmBody wraps a {type(vit).__module__}.{type(vit).__name__}, not timm's "
+                f"VisionTransformer; {MODEL_SUPPORT}")
+    if body.needs_pool:
+        _refuse(f"the TimmBody pools the features itself (needs_pool); {MODEL_SUPPORT}")
+
+    def bad(what):
+        _refuse(f"the timm VisionTransformer has {what}; {MODEL_SUPPORT}")
+
+    if vit.cls_token is None or not getattr(vit, "has_class_token", True):
+        bad("no class token")
+    if vit.global_pool != "token":
+        bad(f"global_pool={vit.global_pool!r}")
+    if getattr(vit, "num_reg_tokens", 0) or getattr(vit, "reg_token", None) is not None:
+        bad(f"{getattr(vit, 'num_reg_tokens', '?')} register tokens")
+    if getattr(vit, "no_embed_class", False):
+        bad("no_embed_class=True")
+    if getattr(vit, "dynamic_img_size", False):
+        bad("dynamic_img_size=True")
+    if getattr(vit, "attn_pool", None) is not None:
+        bad("an attention-pool head")
+    for name in ("norm_pre", "fc_norm", "head", "patch_drop"):
+        if not isinstance(getattr(vit, name, nn.Identity()), nn.Identity):
+            bad(f"a {type(getattr(vit, name)).__name__} {name}")
+    if vit.pos_embed is None:
+        bad("no position embedding")
+    pe = vit.patch_embed
+    if type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.Identity) \
+            or pe.proj.bias is None or tuple(pe.proj.stride) != tuple(pe.proj.kernel_size) \
+            or tuple(pe.proj.padding) != (0, 0) or pe.proj.kernel_size[0] != pe.proj.kernel_size[1]:
+        bad(f"a non-standard patch embedding ({pe})")
+    if pe.proj.in_channels != 3:
+        bad(f"{pe.proj.in_channels} input channels (fastai-infer feeds RGB)")
+    ih, iw = pe.img_size
+    if ih != iw or ih % pe.proj.kernel_size[0]:
+        bad(f"a non-square or non-multiple input size {pe.img_size}")
+    if not isinstance(vit.norm, nn.LayerNorm) or vit.norm.eps != 1e-6:
+        bad(f"a final norm {vit.norm} (need LayerNorm eps=1e-6)")
+    for i, blk in enumerate(vit.blocks):
+        if type(blk) is not Block or type(blk.attn) is not Attention or type(blk.mlp) is not Mlp:
+            bad(f"a non-standard block {i} ({type(blk).__name__}, {type(blk.attn).__name__}, "
+                f"{type(blk.mlp).__name__})")
+        for name in ("ls1", "ls2"):
+            if not isinstance(getattr(blk, name), nn.Identity):
+                bad(f"layer scale in block {i}")
+        for name in ("q_norm", "k_norm", "norm"):
+            if not isinstance(getattr(blk.attn, name, nn.Identity()), nn.Identity):
+                bad(f"attention {name} in block {i}")
+        if blk.attn.qkv.bias is None:
+            bad(f"no qkv bias in block {i}")
+        act = blk.mlp.act
+        if type(act) is not nn.GELU or act.approximate != "none":
+            bad(f"MLP activation {act} in block {i} (need exact GELU)")
+        if not isinstance(getattr(blk.mlp, "norm", nn.Identity()), nn.Identity):
+            bad(f"an MLP norm in block {i}")
+        for name in ("norm1", "norm2"):
+            ln = getattr(blk, name)
+            if not isinstance(ln, nn.LayerNorm) or ln.eps != 1e-6:
+                bad(f"{name} {ln} in block {i} (need LayerNorm eps=1e-6)")
+
+    depth, embed = len(vit.blocks), vit.embed_dim
+    kinds = [type(x) for x in head] if isinstance(head, nn.Sequential) else [type(head)]
+    want_kinds = [nn.BatchNorm1d, nn.Dropout, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Dropout,
+                  nn.Linear]
+    if kinds != want_kinds:
+        _refuse(f"the head is {[k.__name__ for k in kinds]}, not fastai's default head "
+                f"{[k.__name__ for k in want_kinds]}; {MODEL_SUPPORT}")
+    for i in (0, 4):
+        b = head[i]
+        if b.eps != 1e-5 or not b.affine or not b.track_running_stats:
+            _refuse(f"head BatchNorm1d 1.{i} is {b} (need eps=1e-05, affine, running stats); "
+                    f"{MODEL_SUPPORT}")
+    for i in (2, 6):
+        if head[i].bias is not None:
+            _refuse(f"head Linear 1.{i} has a bias; {MODEL_SUPPORT}")
+    if head[0].num_features != embed or head[2].in_features != embed \
+            or head[4].num_features != head[2].out_features \
+            or head[6].in_features != head[2].out_features:
+        _refuse(f"the head's widths do not chain ({head}); {MODEL_SUPPORT}")
+    if head[6].out_features != n_classes:
+        _refuse(f"the head has {head[6].out_features} outputs but the vocab {n_classes} labels")
+
+    # The state_dict must have exactly the keys fastai-infer loads.
+    want = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+            "norm.weight", "norm.bias"}
+    for i in range(depth):
+        for p in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            want |= {f"blocks.{i}.{p}.weight", f"blocks.{i}.{p}.bias"}
+    want = {f"0.model.{k}" for k in want}
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    want |= {f"1.0.{k}" for k in bn} | {f"1.4.{k}" for k in bn} | {"1.2.weight", "1.6.weight"}
+    have = set(m.state_dict())
+    if have != want:
+        extra, missing = sorted(have - want), sorted(want - have)
+        _refuse(f"the model's state_dict keys differ from a fastai ViT learner's (unexpected: "
+                f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; missing: {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}); {MODEL_SUPPORT}")
+
+    cfg = getattr(vit, "pretrained_cfg", None) or getattr(vit, "default_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if not arch:
+        _refuse("the timm model records no architecture name (pretrained_cfg['architecture'])")
+    heads = vit.blocks[0].attn.num_heads
+    return {"arch": arch, "num_heads": heads, "img_size": (ih, iw),
+            "num_heads_needed": heads != _heads_from_name(arch, embed)}
+
+
+def check_loss(learn):
+    """learn.predict's probabilities must be a softmax over the logits."""
+    import torch
+    lf = learn.loss_func
+    act = getattr(lf, "activation", None)
+    dec = getattr(lf, "decodes", None)
+    name = type(lf).__name__
+    if act is None or dec is None:
+        _refuse(f"the loss function {name} has no activation/decodes: learn.predict would "
+                f"not give softmax probabilities, which fastai-infer computes")
+    x = torch.tensor([[0.3, -1.2, 2.0, 0.7]])
+    try:
+        ok = torch.allclose(act(x).float(), torch.softmax(x, dim=-1), atol=1e-6) \
+            and int(torch.as_tensor(dec(x)).flatten()[0]) == 2
+    except Exception:
+        ok = False
+    if not ok:
+        _refuse(f"the loss function {name}'s activation is not a softmax with an argmax "
+                f"decode; fastai-infer computes softmax probabilities (single-label "
+                f"classification, CategoryBlock)")
+
+
+def check_reproduces(learn, recipe):
+    """fastai's test_dl batch of a synthetic image must equal the recipe's computation."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from fastai.vision.augment import _grid_sample
+
+    it, bt, nm = recipe["item_tfms"], recipe["batch_tfms"], recipe["normalize"]
+    rng = np.random.default_rng(0)
+    h0, w0 = max(9, it["height"] // 2 + 7), max(9, it["width"] // 3 + 5)
+    yy, xx = np.mgrid[0:h0, 0:w0]
+    base = np.stack([xx * 255 // w0, yy * 255 // h0, (xx + yy) % 256], -1)
+    arr = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+    src = Image.fromarray(arr, "RGB")
+
+    xtra = math.ceil(max(it["height"], it["width"]) * it["val_xtra"] / 8) * 8
+    big = src.resize((it["width"] + xtra, it["height"] + xtra), Image.Resampling.BILINEAR)
+    item = big.crop((xtra // 2, xtra // 2, xtra // 2 + it["width"], xtra // 2 + it["height"]))
+    x = torch.from_numpy(np.asarray(item).copy()).permute(2, 0, 1)[None].float() / 255.0
+    grid = F.affine_grid(torch.eye(3)[:2][None], (1, 3, bt["height"], bt["width"]),
+                         align_corners=True)
+    y = _grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    mean = torch.tensor(nm["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(nm["std"]).view(1, 3, 1, 1)
+    want = (y - mean) / std
+
+    # A file, as learn.predict gets: fastai's type transform opens it (PILImage.create
+    # converts to RGB, PILImageBW to L); a PIL image in memory would skip that conversion.
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "check.png"
+        src.save(f)
+        dl = learn.dls.test_dl([f], num_workers=0)
+        got = dl.one_batch()[0]
+    got = torch.Tensor(got.detach().cpu().float()).as_subclass(torch.Tensor)
+    if tuple(got.shape) != tuple(want.shape):
+        _refuse(f"fastai's validation pipeline gives a batch of shape {tuple(got.shape)} for a "
+                f"{w0}x{h0} RGB image, the recipe {tuple(want.shape)}: the learner does "
+                f"something the recipe does not describe (e.g. a grayscale ImageBlock)")
+    d = (got - want).abs().max().item()
+    if not d <= 1e-5:
+        _refuse(f"fastai's validation pipeline differs from the recipe on a {w0}x{h0} RGB image "
+                f"(max |difference| {d:.3g}): the learner does something the recipe does not "
+                f"describe (e.g. a grayscale ImageBlock or a custom type transform)")
+    return d
+
+
+def recipe_from_learner(learn, check=True):
+    """The recipe dict (format 1) read from a Learner; raises ExportRefused when unsupported."""
+    vocab = [v if isinstance(v, str) else str(v) for v in learn.dls.vocab]
+    item = item_recipe(learn)
+    batch, norm = batch_recipe(learn, item)
+    info = model_info(learn, len(vocab)) if check else None
+    recipe = {"format_version": FORMAT_VERSION}
+    if info is not None:
+        recipe["arch"] = info["arch"]
+        if info["num_heads_needed"]:
+            recipe["num_heads"] = info["num_heads"]
+        if (batch["height"], batch["width"]) != tuple(info["img_size"]):
+            _refuse(f"the batch transforms give {batch['height']}x{batch['width']} (HxW) "
+                    f"inputs but the model takes {info['img_size'][0]}x{info['img_size'][1]}")
+        check_loss(learn)
+    recipe.update({"item_tfms": item, "batch_tfms": batch, "normalize": norm})
+    check_reproduces(learn, recipe)
+    return recipe, vocab
+
+
+def export_learner(learn, output_path, dtype="f32"):
+    """Writes learn's weights, vocab and recipe to output_path; returns a summary dict."""
+    import torch
+    from safetensors.torch import save_file
+
+    dt = _dtype(dtype)
+    recipe, vocab = recipe_from_learner(learn)
+    sd = {}
+    for k, v in learn.model.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point():
+            v = v.to(dt)
+        sd[k] = v.contiguous().clone()
+    meta = {"vocab": json.dumps(vocab), RECIPE_KEY: json.dumps(recipe)}
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(output_path), metadata=meta)
+    return {"path": str(output_path), "tensors": len(sd), "dtype": dtype,
+            "bytes": output_path.stat().st_size, "recipe": recipe, "vocab": vocab}
+
+
+def load_export(path):
+    """load_learner(path, cpu=True), refusing learn.save() state dicts with a clear message."""
+    import warnings
+    import zipfile
+    import torch
+    from fastai.learner import Learner, load_learner
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            obj = None  # needs more than tensors: a Learner, or fastai's {'model','opt'} save
+        if obj is not None:
+            _refuse(f"{path} is a plain state dict (learn.save(..., with_opt=False) or "
+                    f"torch.save), not a learn.export() Learner: it holds no vocab and no "
+                    f"transforms. Pass the file learn.export() writes, call export_learner(learn, "
+                    f"...) from Python, or run `cargo run --example convert` with recipe flags")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            learn = load_learner(path, cpu=True)
+        except AttributeError:
+            # load_learner calls res.dls.cpu(): what did it unpickle? (the same trust as
+            # load_learner itself: it unpickles arbitrary objects)
+            learn = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(learn, dict):
+                raise
+    if isinstance(learn, dict):
+        _refuse(f"{path} is a learn.save() file (keys {sorted(learn)[:4]}), not a "
+                f"learn.export() Learner: it holds no vocab and no transforms. Pass the file "
+                f"learn.export() writes, or run `cargo run --example convert` with recipe flags")
+    if not isinstance(learn, Learner):
+        _refuse(f"{path} holds a {type(learn).__name__}, not a fastai Learner")
+    return learn
+
+
+def export_file(input_path, output_path, dtype="f32"):
+    return export_learner(load_export(input_path), output_path, dtype)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Export a fastai ViT Learner (learn.export's file) to a safetensors file "
+                    "with its vocab and preprocessing recipe, for fastai-infer.",
+        epilog="exit codes: 0 written, 1 usage or I/O error, 2 refused (unsupported learner)")
+    ap.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32",
+                    help="dtype of the floating-point tensors (default f32)")
+    ap.add_argument("--self-test", action="store_true",
+                    help="build small learners with supported and refused setups and check")
+    ap.add_argument("input", nargs="?", help="learn.export()'s file (export.pkl)")
+    ap.add_argument("output", nargs="?", help="the .safetensors file to write")
+    args = ap.parse_args(argv)
+    if args.self_test:
+        return self_test()
+    if not args.input or not args.output:
+        ap.print_usage(sys.stderr)
+        print("error: INPUT and OUTPUT are required", file=sys.stderr)
+        return 1
+    try:
+        info = export_file(args.input, args.output, args.dtype)
+    except ExportRefused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {info['path']}: {info['tensors']} tensors ({info['dtype']}), "
+          f"{info['bytes']} bytes, {len(info['vocab'])} labels")
+    print(f"recipe: {json.dumps(info['recipe'])}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# self-test
+# ---------------------------------------------------------------------------------------------
+
+IMAGES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "images"
+
+
+def _learner(item_tfms=None, batch_tfms=None, arch="vit_tiny_patch16_224", block=None,
+             y_block=None, **kw):
+    import warnings
+    from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, Normalize,
+                                   RandomResizedCrop, aug_transforms, imagenet_stats,
+                                   vision_learner)
+    vocab = ["cat", "coffee"]
+    items = [IMAGES / "chelsea.png", IMAGES / "coffee_odd.png"]
+    if item_tfms is None:
+        item_tfms = RandomResizedCrop(224)
+    if batch_tfms is None:
+        batch_tfms = [*aug_transforms(size=224), Normalize.from_stats(*imagenet_stats)]
+    dblock = DataBlock(
+        blocks=(block or ImageBlock, y_block or CategoryBlock(vocab=vocab)),
+        get_items=lambda _: items,
+        get_y=(lambda p: [vocab[p.name.startswith("coffee")]]) if y_block is not None
+        else (lambda p: vocab[p.name.startswith("coffee")]),
+        splitter=lambda o: ([0], [1]),
+        item_tfms=item_tfms, batch_tfms=batch_tfms)
+    dls = dblock.dataloaders(IMAGES, bs=1, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return vision_learner(dls, arch, pretrained=False, **kw)
+
+
+def self_test():
+    import os
+    import subprocess
+    import warnings
+    import torch
+    from PIL import Image
+    from fastai.vision.all import (CropPad, FlipItem, ImageBlock, MultiCategoryBlock,
+                                   Normalize, PILImage, PILImageBW, RandomCrop,
+                                   RandomResizedCrop, RatioResize, Resize, Rotate,
+                                   TransformBlock, IntToFloatTensor, aug_transforms,
+                                   imagenet_stats, resnet18, set_seed)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fastai.vision.all import Transform
+
+    class _AddOne(Transform):
+        """A custom batch transform that runs on the validation set (split_idx None)."""
+        order = 50
+
+        def encodes(self, x):
+            return x + 1
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    set_seed(0)
+    norm = Normalize.from_stats(*imagenet_stats)
+    tmp = Path(tempfile.mkdtemp(prefix="export_fastai_selftest_"))
+    failures = []
+
+    def run_cli(pkl, out, *flags):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main([*flags, str(pkl), str(out)])
+        return code, err.getvalue().strip()
+
+    def export_pkl(learn, name):
+        learn.path = tmp
+        learn.export(f"{name}.pkl")
+        return tmp / f"{name}.pkl"
+
+    def expect_refusal(name, make, *says):
+        try:
+            learn = make()
+            pkl = export_pkl(learn, name)
+            code, msg = run_cli(pkl, tmp / f"{name}.safetensors")
+            ok = code == EXIT_REFUSED and all(s in msg for s in says) \
+                and not (tmp / f"{name}.safetensors").exists()
+        except Exception as e:  # building the learner failed: a bug in the test
+            code, msg, ok = None, f"{type(e).__name__}: {e}", False
+        print(f"[{'ok' if ok else 'FAIL'}] {name}: exit {code}\n    {msg}")
+        if not ok:
+            failures.append(name)
+
+    def expect_recipe(name, learn, want, check_model=True, dtype="f32"):
+        try:
+            if check_model:
+                pkl = export_pkl(learn, name)
+                out = tmp / f"{name}.safetensors"
+                code, msg = run_cli(pkl, out, "--dtype", dtype)
+                assert code == 0, f"exit {code}: {msg}"
+                with safe_open(str(out), "pt") as f:
+                    meta = f.metadata()
+                recipe = json.loads(meta[RECIPE_KEY])
+                vocab = json.loads(meta["vocab"])
+                assert vocab == list(learn.dls.vocab), vocab
+                sd, ref = load_file(str(out)), learn.model.state_dict()
+                assert set(sd) == set(ref)
+                dt = _dtype(dtype)
+                for k, v in ref.items():
+                    w = v.to(dt) if v.is_floating_point() else v
+                    assert sd[k].dtype == w.dtype and torch.equal(sd[k], w), k
+                assert sd["1.0.num_batches_tracked"].dtype == torch.int64
+                assert sd["1.0.num_batches_tracked"].dim() == 0
+            else:
+                recipe, _ = recipe_from_learner(learn, check=False)
+            ok = all(recipe.get(k) == v for k, v in want.items())
+            msg = json.dumps(recipe)
+        except Exception as e:
+            ok, msg = False, f"{type(e).__name__}: {e}"
+        print(f"[{'ok' if ok else 'FAIL'}] {name}: {msg}")
+        if not ok:
+            failures.append(name)
+
+    pets_item = {"name": "RandomResizedCrop", "height": 460, "width": 460, "val_xtra": 0.14,
+                 "resample": "bilinear"}
+    pets_batch = {"height": 224, "width": 224, "mode": "bilinear", "pad_mode": "reflection",
+                  "align_corners": True}
+    pets_norm = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+    print("== accepted setups")
+    expect_recipe("pets_lesson", _learner(RandomResizedCrop(460)),
+                  {"format_version": 1, "arch": "vit_tiny_patch16_224", "item_tfms": pets_item,
+                   "batch_tfms": pets_batch, "normalize": pets_norm})
+    expect_recipe("pets_lesson_f16", _learner(RandomResizedCrop(460)), {"item_tfms": pets_item},
+                  dtype="f16")
+    expect_recipe("pets_lesson_bf16", _learner(RandomResizedCrop(460)), {"item_tfms": pets_item},
+                  dtype="bf16")
+    # RandomResizedCrop((300, 460)) is (height, width); fastai stores (460, 300).
+    expect_recipe("item_300x460", _learner(RandomResizedCrop((300, 460), val_xtra=0.2)),
+                  {"item_tfms": {**pets_item, "height": 300, "width": 460, "val_xtra": 0.2},
+                   "batch_tfms": pets_batch})
+    # A non-square batch size: AffineCoordTfm keeps (height, width). The model would need
+    # that input size, so only the transforms are checked here (check=False).
+    expect_recipe("batch_192x240", _learner(
+        RandomResizedCrop((300, 460)), [*aug_transforms(size=(192, 240)), norm]),
+        {"item_tfms": {**pets_item, "height": 300, "width": 460},
+         "batch_tfms": {**pets_batch, "height": 192, "width": 240}}, check_model=False)
+    # aug_transforms() without a size keeps the item size; training-only item tfms are ignored.
+    expect_recipe("no_batch_size", _learner([FlipItem(), RandomResizedCrop(224)],
+                                            [*aug_transforms(), norm]),
+                  {"item_tfms": {**pets_item, "height": 224, "width": 224},
+                   "batch_tfms": pets_batch})
+    expect_recipe("other_stats", _learner(RandomResizedCrop(256, val_xtra=0.0), [
+        *aug_transforms(size=224, max_rotate=30, flip_vert=True), Normalize.from_stats(
+            [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])]),
+        {"item_tfms": {**pets_item, "height": 256, "width": 256, "val_xtra": 0.0},
+         "normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}})
+    # After a training batch, the merged AffineCoordTfm's instance split_idx is 0 (its
+    # before_call stores the split it last saw); it still runs at validation.
+    learn = _learner(RandomResizedCrop(460))
+    learn.dls.train.one_batch()
+    aff = [t for t in learn.dls.valid.after_batch.fs if type(t).__name__ == "Flip"][0]
+    print(f"     (Flip.split_idx after a training batch: {aff.split_idx}; class: "
+          f"{type(aff).split_idx})")
+    expect_recipe("after_training_batch", learn, {"item_tfms": pets_item,
+                                                  "batch_tfms": pets_batch})
+    expect_recipe("vit_small", _learner(arch="vit_small_patch16_224"),
+                  {"arch": "vit_small_patch16_224"})
+
+    print("== refused setups")
+    expect_refusal("item_Resize", lambda: _learner(Resize(460)), "item transform Resize",
+                   ITEM_SUPPORT)
+    expect_refusal("item_CropPad", lambda: _learner(CropPad(460)), "item transform CropPad",
+                   ITEM_SUPPORT)
+    expect_refusal("item_RatioResize", lambda: _learner(RatioResize(460)),
+                   "item transform RatioResize", ITEM_SUPPORT)
+    expect_refusal("item_RandomCrop", lambda: _learner(RandomCrop(224)),
+                   "item transform RandomCrop", ITEM_SUPPORT)
+    expect_refusal("item_RRC_bicubic", lambda: _learner(
+        RandomResizedCrop(460, resamples=(Image.Resampling.BICUBIC, Image.Resampling.NEAREST))),
+        "RandomResizedCrop", "BICUBIC", ITEM_SUPPORT)
+    expect_refusal("item_none", lambda: _learner([]), "0 RandomResizedCrop", ITEM_SUPPORT)
+    expect_refusal("batch_RandomResizedCropGPU", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224, min_scale=0.75), norm]),
+        "batch transform RandomResizedCropGPU", BATCH_SUPPORT)
+    expect_refusal("batch_mode_nearest", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224, mode="nearest"), norm]),
+        "mode 'nearest'", BATCH_SUPPORT)
+    expect_refusal("batch_pad_zeros", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224, pad_mode="zeros"), norm]),
+        "pad_mode 'zeros'", BATCH_SUPPORT)
+    expect_refusal("batch_align_corners_false", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224, align_corners=False), norm]),
+        "align_corners=False", BATCH_SUPPORT)
+    expect_refusal("batch_no_normalize", lambda: _learner(
+        RandomResizedCrop(460), aug_transforms(size=224)), "0 Normalize", BATCH_SUPPORT)
+    expect_refusal("batch_normalize_1ch", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224), Normalize.from_stats([0.5], [0.5])]),
+        "not a per-channel 3-channel Normalize", BATCH_SUPPORT)
+    expect_refusal("batch_div_1", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224), norm],
+        block=TransformBlock(type_tfms=PILImage.create, batch_tfms=IntToFloatTensor(div=1.))),
+        "IntToFloatTensor", "divides by 1.0", BATCH_SUPPORT)
+    expect_refusal("batch_custom", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224), _AddOne(), norm]),
+        "batch transform _AddOne", BATCH_SUPPORT)
+    expect_refusal("batch_two_affine", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=224), Rotate(size=224), norm]),
+        "2 AffineCoordTfm", BATCH_SUPPORT)
+    expect_refusal("batch_no_affine", lambda: _learner(RandomResizedCrop(224), [norm]),
+                   "0 AffineCoordTfm", BATCH_SUPPORT)
+    expect_refusal("grayscale_block", lambda: _learner(
+        RandomResizedCrop(460), block=ImageBlock(cls=PILImageBW)),
+        "does something the recipe does not describe")
+    expect_refusal("model_resnet18", lambda: _learner(arch=resnet18),
+                   "not fastai's TimmBody", MODEL_SUPPORT)
+    expect_refusal("model_timm_resnet", lambda: _learner(arch="resnet18"),
+                   "not timm's VisionTransformer", MODEL_SUPPORT)
+    expect_refusal("model_avg_pool", lambda: _learner(global_pool="avg"),
+                   "global_pool='avg'", MODEL_SUPPORT)
+    expect_refusal("model_reg_tokens", lambda: _learner(reg_tokens=4),
+                   "register tokens", MODEL_SUPPORT)
+    expect_refusal("model_distilled", lambda: _learner(arch="deit_tiny_distilled_patch16_224"),
+                   "VisionTransformerDistilled", MODEL_SUPPORT)
+    expect_refusal("model_custom_head", lambda: _learner(lin_ftrs=[256, 128]),
+                   "not fastai's default head", MODEL_SUPPORT)
+    expect_refusal("model_input_size", lambda: _learner(
+        RandomResizedCrop(460), [*aug_transforms(size=192), norm]),
+        "the batch transforms give 192x192 (HxW) inputs but the model takes 224x224")
+    expect_refusal("loss_multilabel", lambda: _learner(y_block=MultiCategoryBlock(
+        vocab=["cat", "coffee"])), "not a softmax")
+
+    print("== refused files")
+    learn = _learner(RandomResizedCrop(460))
+    learn.path, learn.model_dir = tmp, "."
+    learn.create_opt()  # else learn.save has no optimizer state to write
+    for name, kw in (("learn_save_plain", {"with_opt": False}), ("learn_save_opt", {})):
+        pth = learn.save(name, **kw)
+        code, msg = run_cli(pth, tmp / f"{name}.safetensors")
+        ok = code == EXIT_REFUSED and "not a learn.export() Learner" in msg
+        print(f"[{'ok' if ok else 'FAIL'}] {name}: exit {code}\n    {msg}")
+        if not ok:
+            failures.append(name)
+
+    # The real exit code, through a fresh interpreter.
+    pkl = export_pkl(_learner(Resize(460)), "subprocess_Resize")
+    r = subprocess.run([sys.executable, __file__, str(pkl), str(tmp / "sub.safetensors")],
+                       capture_output=True, text=True)
+    ok = r.returncode == EXIT_REFUSED and "item transform Resize" in r.stderr
+    print(f"[{'ok' if ok else 'FAIL'}] subprocess exit code {r.returncode}: "
+          f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
+    if not ok:
+        failures.append("subprocess")
+
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"== {'all passed' if not failures else 'FAILED: ' + ', '.join(failures)}")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""More reference fixtures for fastai-infer: a f16 ViT-small learner and fastai .pth files.
+
+Run it in the reference environment (see scripts/make_fixtures.py), from any directory:
+
+    ~/venv-ref/bin/python scripts/make_fixtures_v2.py all
+
+Subcommands (each can be run alone):
+  small         train vision_learner(dls, 'vit_small_patch16_224', pretrained=False) briefly on
+                the same photo crops and pets vocab as make_fixtures.py's `train` (RandomResizedCrop(460),
+                aug_transforms(size=224), Normalize.from_stats(*imagenet_stats)); learn.export() it and
+                convert that with `scripts/export_fastai.py --dtype f16` to
+                tests/fixtures/vit_small/model.safetensors (+ recipe_expected.json); then run
+                `small-golden`.
+  small-golden  rebuild the learner from the committed model.safetensors (its f16 values cast to
+                f32, so the goldens are what the f16 file computes) and write
+                tests/fixtures/vit_small/golden.safetensors and manifest.json: for each image in
+                GOLDEN_IMAGES, `<stem>.input` (1,3,224,224) f32 from learn.dls.test_dl([path]).one_batch(),
+                `<stem>.logits` (1,37) f32 from learn.model.eval()(input), `<stem>.probs` (37,) f32
+                from learn.predict(path).
+  pth           rebuild the shipped vit_tiny learner (make_fixtures.load_learner_from_fixture) and
+                write fastai .pth files to tests/fixtures/pth/ (see tests/fixtures/pth/README.md).
+  all           small, then pth.
+
+Training on CPU is not bit-reproducible across machines and library versions; everything
+downstream of the committed model.safetensors (goldens, recipe) and every .pth file is.
+Nothing is downloaded.
+"""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+import make_fixtures as mf  # noqa: E402
+
+ROOT = mf.ROOT
+SMALL = ROOT / "tests" / "fixtures" / "vit_small"
+SMALL_MODEL = SMALL / "model.safetensors"
+PTH = ROOT / "tests" / "fixtures" / "pth"
+SMALL_ARCH = "vit_small_patch16_224"
+SMALL_EPOCHS = int(os.environ.get("FASTAI_INFER_SMALL_EPOCHS", "8"))
+SMALL_LR = float(os.environ.get("FASTAI_INFER_SMALL_LR", "2e-3"))
+SMALL_TRAIN_DIR = Path(os.environ.get("FASTAI_INFER_SMALL_TRAIN_DIR", "/tmp/fastai-infer-train-small"))
+# At least one JPEG, the L, RGBA and tiny PNGs.
+GOLDEN_IMAGES = ["chelsea.png", "coffee_RGBA.png", "camera_L.png", "rocket_tiny.png",
+                 "grace_hopper.jpg", "astronaut_portrait.png", "horse_RGBA.png", "rocket.jpg"]
+
+
+def _pets_dblock(vocab, **kw):
+    from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, Normalize,
+                                   RandomResizedCrop, aug_transforms, imagenet_stats)
+    return DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=vocab)),
+        item_tfms=RandomResizedCrop(460),
+        batch_tfms=[*aug_transforms(size=224), Normalize.from_stats(*imagenet_stats)],
+        **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# small
+# ---------------------------------------------------------------------------------------------
+
+def small():
+    import torch
+    from fastai.vision.all import (RandomSplitter, accuracy, get_image_files, parent_label,
+                                   set_seed, vision_learner)
+    from safetensors import safe_open
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    set_seed(mf.SEED, reproducible=True)
+    mf.TRAIN_DIR = SMALL_TRAIN_DIR  # make_training_images writes there
+    mf.make_training_images()
+    dblock = _pets_dblock(mf.PETS_BREEDS, get_items=get_image_files,
+                          splitter=RandomSplitter(valid_pct=0.2, seed=mf.SEED),
+                          get_y=parent_label)
+    dls = dblock.dataloaders(SMALL_TRAIN_DIR, bs=32, num_workers=0)
+    assert list(dls.vocab) == mf.PETS_BREEDS, dls.vocab
+    learn = vision_learner(dls, SMALL_ARCH, pretrained=False, metrics=accuracy)
+    learn.path = SMALL_TRAIN_DIR
+    learn.fit_one_cycle(SMALL_EPOCHS, SMALL_LR)
+    learn.export("export.pkl")
+
+    SMALL.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(SCRIPTS / "export_fastai.py"), "--dtype", "f16",
+           str(SMALL_TRAIN_DIR / "export.pkl"), str(SMALL_MODEL)]
+    print("$", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    with safe_open(str(SMALL_MODEL), "pt") as f:
+        recipe = json.loads(f.metadata()["fastai_infer.recipe"])
+    (SMALL / "recipe_expected.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    small_golden()
+
+
+def load_small_learner():
+    """The vit_small learner with exactly the (f16) values of the committed file, in f32."""
+    import torch
+    from fastai.vision.all import vision_learner
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(SMALL_MODEL), "pt") as f:
+        vocab = json.loads(f.metadata()["vocab"])
+    dblock = _pets_dblock(vocab, get_items=lambda _: [mf.IMAGES / "chelsea.png"],
+                          get_y=lambda _: vocab[0])
+    dls = dblock.dataloaders(mf.IMAGES, bs=1, num_workers=0)
+    learn = vision_learner(dls, SMALL_ARCH, pretrained=False)
+    sd = load_file(str(SMALL_MODEL))
+    assert {v.dtype for k, v in sd.items() if v.is_floating_point()} == {torch.float16}
+    learn.model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                 for k, v in sd.items()})
+    learn.model.eval()
+    return learn
+
+
+def small_golden():
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(2)
+    learn = load_small_learner()
+    out, manifest = {}, []
+    for name in GOLDEN_IMAGES:
+        f = mf.IMAGES / name
+        dl = learn.dls.test_dl([f], num_workers=0)
+        (x,) = dl.one_batch()
+        # After one_batch() the pipelines are on the validation split (see make_fixtures.py).
+        assert dl.after_item.split_idx == 1, dl.after_item.split_idx
+        mf.check_batch_pipeline(dl.do_item(0)[0], x)
+        x = torch.Tensor(x).as_subclass(torch.Tensor).contiguous().float()
+        with torch.no_grad():
+            logits = learn.model.eval()(x)
+        _, idx, probs = learn.predict(f)
+        probs = torch.Tensor(probs).as_subclass(torch.Tensor).contiguous().float()
+        assert torch.allclose(torch.softmax(logits, -1)[0], probs, atol=1e-6)
+        top2 = probs.topk(2).values
+        stem = f.stem
+        out[f"{stem}.input"] = x
+        out[f"{stem}.logits"] = logits.contiguous().float()
+        out[f"{stem}.probs"] = probs
+        manifest.append({"image": name, "stem": stem, "label": learn.dls.vocab[int(idx)],
+                         "index": int(idx), "lossless": Image.open(f).format == "PNG"})
+        print(f"  {name:24s} -> {learn.dls.vocab[int(idx)]:20s} p={float(top2[0]):.4f} "
+              f"margin={float(top2[0] - top2[1]):.4f}")
+    save_file(out, str(SMALL / "golden.safetensors"))
+    (SMALL / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (SMALL / "versions.json").write_text(json.dumps(mf.versions_info(), indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# pth
+# ---------------------------------------------------------------------------------------------
+
+class FixtureMarker:
+    """An arbitrary Python object: torch.load(weights_only=True) refuses to unpickle it."""
+
+    def __init__(self, note):
+        self.note = note
+
+
+def _describe_pth(path):
+    """Top-level layout, dtypes, tensor count and size of a .pth (trusted: our own files)."""
+    import torch
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        weights_only = "loads"
+    except Exception as e:
+        msg = str(e)
+        i = msg.find("Unsupported global")
+        weights_only = "refuses: " + (msg[i:].split(" was not")[0] if i >= 0 else msg[:80])
+
+    tensors = []
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            tensors.append(o)
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+    walk(obj)
+    dtypes = {}
+    for t in tensors:
+        dtypes[str(t.dtype).replace("torch.", "")] = dtypes.get(str(t.dtype).replace("torch.", ""), 0) + 1
+    with zipfile.ZipFile(path) as z:
+        pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
+    top = type(obj).__name__
+    keys = list(obj.keys()) if isinstance(obj, dict) else None
+    return {"file": path.name, "bytes": path.stat().st_size, "top": top,
+            "keys": keys if keys is not None and len(keys) <= 4 else f"{len(keys)} keys",
+            "tensors": len(tensors), "dtypes": dtypes,
+            "tensor_bytes": sum(t.numel() * t.element_size() for t in tensors),
+            "data_pkl": pickles, "weights_only": weights_only}
+
+
+def pth():
+    import torch
+    from fastai.learner import save_model
+
+    torch.set_num_threads(2)
+    PTH.mkdir(parents=True, exist_ok=True)
+    for f in PTH.glob("*.pth"):
+        f.unlink()
+
+    # learn.save(..., with_opt=False): fastai's save_model -> torch.save(state_dict, protocol 2).
+    learn = mf.load_learner_from_fixture()
+    learn.path, learn.model_dir = PTH, "."
+    # The body's floats to bf16, the head kept in f32 (so one file has both float dtypes);
+    # num_batches_tracked stays int64.
+    learn.model[0].to(torch.bfloat16)
+    learn.save("tiny_plain_bf16_head_f32", with_opt=False)
+
+    # learn.save(...) with the default with_opt=True: {'model': state_dict, 'opt': opt state}.
+    learn = mf.load_learner_from_fixture()
+    learn.path, learn.model_dir = PTH, "."
+    learn.model.half()
+    learn.create_opt()
+    learn.save("tiny_model_opt_f16")
+
+    # Only the head keys (1.*), f32, the way save_model writes a state_dict.
+    learn = mf.load_learner_from_fixture()
+    head = OrderedDict((k, v) for k, v in learn.model.state_dict().items() if k.startswith("1."))
+    torch.save(head, PTH / "head_plain_f32.pth", pickle_protocol=2)
+
+    # Some other model's state_dict.
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 2)
+    save_model(PTH / "not_a_learner.pth", lin, None, with_opt=False)
+
+    # A pickle naming a class outside the tensor subset.
+    torch.save({"model": lin.state_dict(), "extra": FixtureMarker("not a tensor")},
+               PTH / "with_object.pth", pickle_protocol=2)
+
+    rows = [_describe_pth(p) for p in sorted(PTH.glob("*.pth"))]
+    for r in rows:
+        print("  " + json.dumps(r))
+    return rows
+
+
+def main():
+    steps = sys.argv[1:] or ["all"]
+    if steps == ["all"]:
+        steps = ["small", "pth"]
+    table = {"small": small, "small-golden": small_golden, "pth": pth}
+    for s in steps:
+        if s not in table:
+            sys.exit(f"unknown step {s!r}; steps: {', '.join(table)}, all")
+    for s in steps:
+        print(f"== {s}")
+        table[s]()
+
+
+if __name__ == "__main__":
+    # Run through the importable module, so that FixtureMarker pickles as
+    # make_fixtures_v2.FixtureMarker rather than __main__.FixtureMarker.
+    import make_fixtures_v2
+    make_fixtures_v2.main()

@@ -1,0 +1,114 @@
+//! A fastai `vision_learner` on `vit_small_patch16_224` (`tests/fixtures/vit_small`, made by
+//! `scripts/make_fixtures_v2.py small` and exported by `scripts/export_fastai.py`): the
+//! architecture is read off the shapes, the recipe off the metadata, and the core fidelity bars
+//! hold against fastai's own outputs.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use fastai_infer::{FastaiWeights, Learner, Prediction, Recipe};
+
+fn small(rel: &str) -> std::path::PathBuf {
+    common::fixtures().join("vit_small").join(rel)
+}
+
+struct Case {
+    image: String,
+    stem: String,
+    label: String,
+    index: usize,
+    lossless: bool,
+}
+
+fn manifest() -> Vec<Case> {
+    let text = std::fs::read_to_string(small("manifest.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            image: c["image"].as_str().unwrap().into(),
+            stem: c["stem"].as_str().unwrap().into(),
+            label: c["label"].as_str().unwrap().into(),
+            index: c["index"].as_u64().unwrap() as usize,
+            lossless: c["lossless"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+/// Largest difference between a prediction's probabilities and fastai's.
+fn probs_diff(pred: &Prediction, reference: &Tensor) -> f32 {
+    let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
+    common::max_abs_diff(&probs, &reference.to_dtype(DType::F32).unwrap())
+}
+
+#[test]
+fn the_architecture_and_recipe_come_from_the_file() {
+    let w = FastaiWeights::load(small("model.safetensors"), &Device::Cpu).unwrap();
+    let c = w.config();
+    assert_eq!(
+        (
+            c.embed_dim,
+            c.depth,
+            c.num_heads,
+            c.patch_size,
+            c.img_size,
+            c.num_classes
+        ),
+        (384, 12, 6, 16, 224, 37)
+    );
+    let expected = std::fs::read_to_string(small("recipe_expected.json")).unwrap();
+    assert_eq!(w.recipe().unwrap(), Recipe::from_json(&expected).unwrap());
+    assert_eq!(w.vocab().unwrap().unwrap().len(), 37);
+}
+
+#[test]
+fn vit_small_meets_the_fidelity_bars() {
+    let learn = Learner::load(small("model.safetensors"), &Device::Cpu).unwrap();
+    let golden = candle_core::safetensors::load(small("golden.safetensors"), &Device::Cpu).unwrap();
+    let cases = manifest();
+    assert_eq!(cases.len(), 8);
+    let (mut worst_logits, mut worst_probs) = (0f32, 0f32);
+    let (mut worst_input, mut worst_file_probs) = (0f32, 0f32);
+    for case in &cases {
+        let input = &golden[&format!("{}.input", case.stem)];
+        let logits_ref = &golden[&format!("{}.logits", case.stem)];
+        let probs_ref = &golden[&format!("{}.probs", case.stem)];
+
+        // The model on fastai's own input: logits and learn.predict's probabilities.
+        let logits = learn.logits(input).unwrap();
+        let d = common::max_abs_diff(&logits, logits_ref);
+        assert!(d <= 1e-4, "{}: logits differ by {d}", case.image);
+        worst_logits = worst_logits.max(d);
+        let row = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let pred = Prediction::from_logits(&row, learn.vocab()).unwrap();
+        let dp = probs_diff(&pred, probs_ref);
+        assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", case.image);
+        worst_probs = worst_probs.max(dp);
+        assert_eq!(pred.index, case.index, "{}", case.image);
+
+        // File to probabilities. The JPEG decoder is not libjpeg-turbo (a few levels on some
+        // pixels), so the input and probability bars hold for the lossless images; JPEGs keep
+        // fastai's top-1.
+        let path = common::fixtures().join("images").join(&case.image);
+        let img = fastai_infer::load_image(&path).unwrap();
+        let ours = learn.model_input(std::slice::from_ref(&img)).unwrap();
+        let pred = learn.predict(&img).unwrap();
+        let dp = probs_diff(&pred, probs_ref);
+        if case.lossless {
+            let d = common::max_abs_diff(&ours, input);
+            assert!(d <= 1e-6, "{}: input differs by {d}", case.image);
+            worst_input = worst_input.max(d);
+            assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", case.image);
+            worst_file_probs = worst_file_probs.max(dp);
+        } else {
+            assert!(dp <= 2e-2, "{}: probabilities differ by {dp}", case.image);
+        }
+        assert_eq!(pred.index, case.index, "{}", case.image);
+        assert_eq!(pred.label, case.label, "{}", case.image);
+    }
+    println!(
+        "vit_small, worst: model on fastai's input: logits {worst_logits:.1e}, probs \
+         {worst_probs:.1e}; lossless files: input {worst_input:.1e}, probs {worst_file_probs:.1e}"
+    );
+}
