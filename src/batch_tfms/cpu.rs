@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::grid_sample::{area_pre_size, linspace_neg_one_to_one, pool_window};
 use super::Normalize;
+use crate::model::cpu::kernels::with_avx2;
 
 /// Rows per parallel work item.
 const ROWS_PER_TASK: usize = 16;
@@ -23,6 +24,16 @@ struct Tap {
     i0: usize,
     i1_inside: bool,
     frac: f32,
+}
+
+/// A column's taps with the weights ready: west `i0` and east `i1` (an in-bounds stand-in of
+/// weight zero when the east neighbour is outside), `ea = 1 - frac` and `we = frac`.
+#[derive(Clone, Copy)]
+struct ColTap {
+    i0: usize,
+    i1: usize,
+    we: f32,
+    ea: f32,
 }
 
 /// PyTorch's source coordinate for grid value `g` on an axis of `size` pixels with
@@ -82,7 +93,20 @@ pub(crate) fn encodes(
     let n = images.len();
     let source = Source::new(images, (h, w), area_pre_size(h, w, out_w, range));
     let (sh, sw) = source.size();
-    let cols: Vec<Tap> = xs.iter().map(|&g| tap(g, sw)).collect();
+    let cols: Vec<ColTap> = xs
+        .iter()
+        .map(|&g| {
+            let t = tap(g, sw);
+            // Outside the image the east neighbour gets weight zero (see below).
+            let we = if t.i1_inside { t.frac } else { 0.0 };
+            ColTap {
+                i0: t.i0,
+                i1: if t.i1_inside { t.i0 + 1 } else { t.i0 },
+                we,
+                ea: 1.0 - t.frac,
+            }
+        })
+        .collect();
     let rows: Vec<Tap> = ys.iter().map(|&g| tap(g, sh)).collect();
 
     let mut out = vec![0f32; n * 3 * out_h * out_w];
@@ -100,39 +124,42 @@ pub(crate) fn encodes(
         }
     }
     tasks.into_par_iter().for_each(|(img, y0, mut parts)| {
-        let mut north = vec![0f32; 3 * sw];
-        let mut south = vec![0f32; 3 * sw];
-        let mut cache = RowCache::new(w);
-        let rows_here = parts.first().map_or(0, |p| p.len() / out_w);
-        for r in 0..rows_here {
-            let ty = rows[y0 + r];
-            source.row(img, ty.i0, &mut north, &mut cache);
-            if ty.i1_inside {
-                source.row(img, ty.i0 + 1, &mut south, &mut cache);
-            }
-            let no = ty.frac;
-            let so = 1.0 - no;
-            for (ch, part) in parts.iter_mut().enumerate() {
-                let nrow = &north[ch * sw..(ch + 1) * sw];
-                let srow = &south[ch * sw..(ch + 1) * sw];
-                let orow = &mut part[r * out_w..(r + 1) * out_w];
-                for (o, tx) in orow.iter_mut().zip(&cols) {
-                    let we = tx.frac;
-                    let ea = 1.0 - we;
-                    let mut v = nrow[tx.i0] * (so * ea);
-                    if tx.i1_inside {
-                        v = fma(nrow[tx.i0 + 1], so * we, v);
-                    }
+        with_avx2(
+            #[inline(always)]
+            || {
+                let mut north = vec![0f32; 3 * sw];
+                let mut south = vec![0f32; 3 * sw];
+                let mut cache = RowCache::new(w);
+                let rows_here = parts.first().map_or(0, |p| p.len() / out_w);
+                for r in 0..rows_here {
+                    let ty = rows[y0 + r];
+                    source.row(img, ty.i0, &mut north, &mut cache);
                     if ty.i1_inside {
-                        v = fma(srow[tx.i0], no * ea, v);
-                        if tx.i1_inside {
-                            v = fma(srow[tx.i0 + 1], no * we, v);
+                        source.row(img, ty.i0 + 1, &mut south, &mut cache);
+                    }
+                    let no = ty.frac;
+                    let so = 1.0 - no;
+                    // A neighbour outside the image has weight zero: torch adds it as a masked zero,
+                    // and `fma(x, 0, v) == v`, so reading any in-bounds pixel there gives the same bits
+                    // without a branch per pixel.
+                    let south_row = if ty.i1_inside { &south } else { &north };
+                    let (north_w, south_w) = (so, if ty.i1_inside { no } else { 0.0 });
+                    for (ch, part) in parts.iter_mut().enumerate() {
+                        let nrow = &north[ch * sw..(ch + 1) * sw];
+                        let srow = &south_row[ch * sw..(ch + 1) * sw];
+                        let orow = &mut part[r * out_w..(r + 1) * out_w];
+                        let (mean, std) = (normalize.mean[ch], normalize.std[ch]);
+                        for (o, c) in orow.iter_mut().zip(&cols) {
+                            let mut v = nrow[c.i0] * (north_w * c.ea);
+                            v = fma(nrow[c.i1], north_w * c.we, v);
+                            v = fma(srow[c.i0], south_w * c.ea, v);
+                            v = fma(srow[c.i1], south_w * c.we, v);
+                            *o = (v - mean) / std;
                         }
                     }
-                    *o = (v - normalize.mean[ch]) / normalize.std[ch];
                 }
-            }
-        }
+            },
+        )
     });
     out
 }
@@ -160,6 +187,7 @@ impl RowCache {
         }
     }
 
+    #[inline(always)]
     fn get(&mut self, src: &Source, img: usize, y: usize) -> &[f32] {
         let slot = &mut self.slots[y % Self::SLOTS];
         if slot.0 != Some((img, y)) {
@@ -170,6 +198,34 @@ impl RowCache {
     }
 }
 
+/// Consecutive pooled columns whose windows have the same width and start one source column
+/// apart: column `cols.start + k` pools source columns `src + k .. src + k + width`. Runs turn
+/// the pooling into additions of contiguous slices, which vectorize.
+struct Run {
+    cols: std::ops::Range<usize>,
+    src: usize,
+    width: usize,
+}
+
+/// Splits column windows into [`Run`]s.
+fn runs(windows: &[Window]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for (j, &(c0, c1)) in windows.iter().enumerate() {
+        let width = c1 - c0;
+        match out.last_mut() {
+            Some(run) if run.width == width && run.src + run.cols.len() == c0 => {
+                run.cols.end = j + 1
+            }
+            _ => out.push(Run {
+                cols: j..j + 1,
+                src: c0,
+                width,
+            }),
+        }
+    }
+    out
+}
+
 /// The image `grid_sample` reads: the bytes as `f32` in `[0, 1]`, or their area pooling.
 struct Source<'a> {
     images: &'a [&'a [u8]],
@@ -177,24 +233,23 @@ struct Source<'a> {
     w: usize,
     /// `v / 255` in f32 for every byte value: the same quotients as dividing each time.
     lut: [f32; 256],
-    /// Pooling windows (rows, columns) when fastai pre-interpolates.
-    pool: Option<(Vec<Window>, Vec<Window>)>,
+    /// Pooling windows of the rows and runs of the columns, when fastai pre-interpolates.
+    pool: Option<(Vec<Window>, Vec<Run>)>,
     /// The column windows' widths as f32.
     col_widths: Vec<f32>,
 }
 
 impl<'a> Source<'a> {
     fn new(images: &'a [&'a [u8]], (h, w): (usize, usize), pooled: Option<(usize, usize)>) -> Self {
-        let pool = pooled.map(|(ph, pw)| {
-            (
-                (0..ph).map(|i| pool_window(i, ph, h)).collect::<Vec<_>>(),
-                (0..pw).map(|i| pool_window(i, pw, w)).collect::<Vec<_>>(),
-            )
-        });
-        let col_widths = pool
-            .as_ref()
-            .map(|(_, cols)| cols.iter().map(|(c0, c1)| (c1 - c0) as f32).collect())
-            .unwrap_or_default();
+        let (pool, col_widths) = match pooled {
+            Some((ph, pw)) => {
+                let cols: Vec<Window> = (0..pw).map(|i| pool_window(i, pw, w)).collect();
+                let widths = cols.iter().map(|(c0, c1)| (c1 - c0) as f32).collect();
+                let rows = (0..ph).map(|i| pool_window(i, ph, h)).collect();
+                (Some((rows, runs(&cols))), widths)
+            }
+            None => (None, Vec::new()),
+        };
         Source {
             images,
             h,
@@ -208,12 +263,13 @@ impl<'a> Source<'a> {
     /// Height and width of the sampled image.
     fn size(&self) -> (usize, usize) {
         match &self.pool {
-            Some((rows, cols)) => (rows.len(), cols.len()),
+            Some((rows, _)) => (rows.len(), self.col_widths.len()),
             None => (self.h, self.w),
         }
     }
 
     /// Source row `y` of image `img` as `f32`, channel-planar (`out[ch * w + x]`).
+    #[inline(always)]
     fn convert_row(&self, img: usize, y: usize, out: &mut [f32]) {
         let w = self.w;
         let src = &self.images[img][y * w * 3..(y + 1) * w * 3];
@@ -231,15 +287,17 @@ impl<'a> Source<'a> {
     }
 
     /// Row `y` of the sampled image `img`, channel-planar: `out[ch * width + x]`.
+    #[inline(always)]
     fn row(&self, img: usize, y: usize, out: &mut [f32], cache: &mut RowCache) {
         let w = self.w;
         match &self.pool {
             None => self.convert_row(img, y, &mut out[..3 * w]),
-            Some((rows, cols)) => {
+            Some((rows, runs)) => {
                 // PyTorch's adaptive average pooling: each window summed in row-major order
                 // from zero, divided by its height, then its width. Going row by row through
-                // the window and adding each row's run to the running sums keeps that order.
-                let pw = cols.len();
+                // the window, and within a row column by column, keeps that order for every
+                // output; a run adds one source slice per window column.
+                let pw = self.col_widths.len();
                 let (r0, r1) = rows[y];
                 out[..3 * pw].fill(0.0);
                 for r in r0..r1 {
@@ -247,9 +305,14 @@ impl<'a> Source<'a> {
                     for ch in 0..3 {
                         let l = &line[ch * w..(ch + 1) * w];
                         let o = &mut out[ch * pw..(ch + 1) * pw];
-                        for (acc, &(c0, c1)) in o.iter_mut().zip(cols) {
-                            for &v in &l[c0..c1] {
-                                *acc += v;
+                        for run in runs {
+                            let o = &mut o[run.cols.clone()];
+                            let n = o.len();
+                            for t in 0..run.width {
+                                let start = run.src + t;
+                                for (acc, &v) in o.iter_mut().zip(&l[start..start + n]) {
+                                    *acc += v;
+                                }
                             }
                         }
                     }

@@ -15,6 +15,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::model::cpu::kernels::with_avx2;
 
 /// Fixed-point precision of Pillow's 8-bit resampler (`32 - 8 - 2`).
 const PRECISION_BITS: u32 = 22;
@@ -158,20 +159,25 @@ fn vertical_pass(src: &Window, taps: &Taps, rows: Range<usize>) -> Vec<u8> {
         .enumerate()
         .for_each(|(t, chunk)| {
             let mut acc = vec![0i32; stride];
-            for (r, out_row) in chunk.chunks_exact_mut(stride).enumerate() {
-                let (start, w) = taps.taps(rows.start + t * ROWS_PER_TASK + r);
-                let start = start - src.row0;
-                acc.fill(HALF);
-                for (y, &k) in w.iter().enumerate() {
-                    let in_row = &src.data[(start + y) * stride..(start + y + 1) * stride];
-                    for (a, &v) in acc.iter_mut().zip(in_row) {
-                        *a += i32::from(v) * k;
+            with_avx2(
+                #[inline(always)]
+                || {
+                    for (r, out_row) in chunk.chunks_exact_mut(stride).enumerate() {
+                        let (start, w) = taps.taps(rows.start + t * ROWS_PER_TASK + r);
+                        let start = start - src.row0;
+                        acc.fill(HALF);
+                        for (y, &k) in w.iter().enumerate() {
+                            let in_row = &src.data[(start + y) * stride..(start + y + 1) * stride];
+                            for (a, &v) in acc.iter_mut().zip(in_row) {
+                                *a += i32::from(v) * k;
+                            }
+                        }
+                        for (o, &a) in out_row.iter_mut().zip(&acc) {
+                            *o = clip8(a);
+                        }
                     }
-                }
-                for (o, &a) in out_row.iter_mut().zip(&acc) {
-                    *o = clip8(a);
-                }
-            }
+                },
+            );
         });
     out
 }

@@ -122,6 +122,26 @@ pub(crate) fn has_avx2() -> bool {
     simd() >= Simd::Avx2
 }
 
+/// Runs `f` compiled with AVX2 enabled when the CPU has it (and `FASTAI_INFER_SIMD` allows
+/// it), for loops whose results do not depend on the instruction set: integer arithmetic and
+/// `f32` operations in a fixed order (Rust never fuses a multiply and an add by itself).
+/// `f` should be `#[inline(always)]` so that its body is compiled inside the AVX2 function.
+#[inline(always)]
+pub(crate) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if has_avx2() {
+            // SAFETY: `avx2` only enables a feature the running CPU reports.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// Sum of `x` with 16 independent accumulators (vectorizable; fixed order, so deterministic).
 #[inline(always)]
 fn lane_sum(x: &[f32]) -> f32 {
