@@ -509,3 +509,34 @@ async fn concurrent_requests_all_succeed() {
         assert_prediction(&resp, name);
     }
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_a_408_and_frees_its_slot() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        queue: 0,
+        body_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    // Declare 1000 bytes, send 10, then wait: the server gives up on the body.
+    let head =
+        format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n0123456789");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") || !raw.ends_with(b"}") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed without a response");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let resp = parse_response(&raw);
+    assert_eq!(resp.status, 408);
+    assert!(resp.error().contains("did not arrive"), "{}", resp.error());
+    drop(stream);
+    // The only slot is free again.
+    assert_eq!(state.admitted().available_permits(), 1);
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+}

@@ -11,7 +11,7 @@
 //! | `GET /examples/{name}` | one of the shipped example images (fixed allow-list) |
 //!
 //! Every error is JSON `{"error": "..."}`: 400 for an image that cannot be decoded or a
-//! malformed request, 404, 405, 413 for a body over the limit, 503 (with `Retry-After`) when
+//! malformed request, 404, 405, 408 for a body that is too slow, 413 for a body over the limit, 503 (with `Retry-After`) when
 //! the inference queue is full. A 500 would mean a bug in the library, never bad input.
 //!
 //! Inference runs on tokio's blocking pool (`spawn_blocking`), never on the runtime's worker
@@ -19,10 +19,12 @@
 //! more requests wait for a worker; a request that finds the queue full is refused at once
 //! with 503 and `Retry-After: 1` before its body is read, so memory stays bounded by
 //! `(workers + queue) * max_body_bytes` and clients (or the proxy in front) can back off.
+//! An admitted request has `body_timeout` to send its body (else 408), so slow uploads
+//! cannot hold the queue.
 
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
@@ -75,6 +77,9 @@ pub struct Config {
     pub max_pixels: u64,
     /// How many classes `top_k` lists.
     pub top_k: usize,
+    /// Longest time a request may take to send its body once admitted; slower gets 408, so
+    /// slow uploads cannot hold queue slots for ever.
+    pub body_timeout: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +90,7 @@ impl Default for Config {
             queue: 64,
             max_pixels: 50_000_000,
             top_k: 3,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -292,9 +298,19 @@ async fn predict(State(state): State<AppState>, req: Request) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
-    let bytes = match image_bytes(req, state.config.max_body_bytes).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
+    let read = image_bytes(req, state.config.max_body_bytes);
+    let bytes = match tokio::time::timeout(state.config.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(resp)) => return resp,
+        Err(_) => {
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    state.config.body_timeout.as_secs_f64()
+                ),
+            )
+        }
     };
     // Wait for a worker; the semaphore is never closed, so this cannot fail.
     let Ok(running) = state.running.clone().acquire_owned().await else {

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example serve -- [--weights FILE] [--labels FILE]
 //!     [--addr 127.0.0.1:8080] [--max-body-bytes N] [--workers N] [--queue N]
-//!     [--max-pixels N] [--top-k N]
+//!     [--max-pixels N] [--top-k N] [--body-timeout-secs N]
 //! ```
 //!
 //! Open `http://127.0.0.1:8080/`, or `curl --data-binary @photo.jpg http://127.0.0.1:8080/predict`.
@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fastai_infer::candle_core::Device;
 use fastai_infer::Learner;
@@ -25,7 +26,7 @@ use app::{AppState, Config};
 
 const USAGE: &str = "\
 usage: serve [--weights FILE] [--labels FILE] [--addr HOST:PORT] [--max-body-bytes N]
-             [--workers N] [--queue N] [--max-pixels N] [--top-k N]
+             [--workers N] [--queue N] [--max-pixels N] [--top-k N] [--body-timeout-secs N]
 
   --weights FILE        fastai's state_dict as safetensors or as learn.save's .pth
                         (default: the shipped weights/pets_vit_tiny.safetensors)
@@ -36,6 +37,8 @@ usage: serve [--weights FILE] [--labels FILE] [--addr HOST:PORT] [--max-body-byt
   --queue N             requests that may wait for a worker; more get 503 (default 64)
   --max-pixels N        largest image, width x height; larger gets 400 (default 50000000)
   --top-k N             classes listed in top_k (default 3)
+  --body-timeout-secs N time an admitted request has to send its body; slower gets 408
+                        (default 30)
 
 routes: GET / (the page), POST /predict (multipart field \"image\" or the raw body),
         GET /health, GET /examples/NAME";
@@ -93,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             "--queue" => args.config.queue = size(0)?,
             "--max-pixels" => args.config.max_pixels = number(1)?,
             "--top-k" => args.config.top_k = size(1)?,
+            "--body-timeout-secs" => args.config.body_timeout = Duration::from_secs(number(1)?),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
