@@ -212,11 +212,9 @@ fn assert_prediction(resp: &Response, image: &str) {
     for (got, want) in top.iter().zip(expected.top_k(3)) {
         assert_eq!(got["label"], want.label.as_str());
         assert_eq!(got["index"], want.index);
+        // The shortest decimal of the f32: it parses back to exactly the same f32.
         let p = got["probability"].as_f64().unwrap();
-        assert!(
-            (p - f64::from(want.probability)).abs() < 1e-6,
-            "{p} vs {want:?}"
-        );
+        assert_eq!(p as f32, want.probability, "{p} vs {want:?}");
     }
     assert!(json["timing_ms"].as_f64().is_some_and(|t| t >= 0.0));
 }

@@ -382,7 +382,9 @@ fn classify(
     let top_k: Vec<_> = pred
         .top_k(config.top_k)
         .into_iter()
-        .map(|r| serde_json::json!({ "label": r.label, "index": r.index, "probability": r.probability }))
+        .map(|r| {
+            serde_json::json!({ "label": r.label, "index": r.index, "probability": f32_json(r.probability) })
+        })
         .collect();
     Ok(serde_json::json!({
         "label": pred.label,
@@ -390,4 +392,14 @@ fn classify(
         "top_k": top_k,
         "timing_ms": (timing_ms * 1000.0).round() / 1000.0,
     }))
+}
+
+/// An `f32` as the JSON number with its shortest decimal form (`0.99612325`, not the widened
+/// `0.9961232542991638`); it parses back to the same `f32`.
+fn f32_json(x: f32) -> serde_json::Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
