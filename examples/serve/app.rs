@@ -11,8 +11,9 @@
 //! | `GET /examples/{name}` | one of the shipped example images (fixed allow-list) |
 //!
 //! Every error is JSON `{"error": "..."}`: 400 for an image that cannot be decoded or a
-//! malformed request, 404, 405, 408 for a body that is too slow, 413 for a body over the limit, 503 (with `Retry-After`) when
-//! the inference queue is full. A 500 would mean a bug in the library, never bad input.
+//! malformed request, 404, 405, 408 for a body that is too slow, 413 for a body over the
+//! limit, 503 (with `Retry-After`) when the inference queue is full. A 500 would mean a bug
+//! in the library (a panic included: the blocking pool catches it), never bad input.
 //!
 //! Inference runs on tokio's blocking pool (`spawn_blocking`), never on the runtime's worker
 //! threads. Two semaphores bound it: `workers` inferences run at once, and at most `queue`
