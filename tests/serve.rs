@@ -262,6 +262,8 @@ async fn examples_are_served_from_the_allow_list_only() {
         "/examples/..%2F..%2FCargo.toml",
         "/examples/../Cargo.toml",
         "/examples/%2e%2e/weights/pets_vit_tiny.safetensors",
+        "/examples/%FF%FE",
+        "/examples/",
         "/nope",
     ] {
         let resp = request(addr, "GET", path, &[], b"").await;

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -189,7 +190,9 @@ async fn health(State(state): State<AppState>) -> Response {
     )
 }
 
-async fn example(Path(name): Path<String>) -> Response {
+async fn example(name: Result<Path<String>, PathRejection>) -> Response {
+    // A name that is not even valid UTF-8 once percent-decoded is simply not an example.
+    let name = name.map(|Path(n)| n).unwrap_or_default();
     match EXAMPLES.iter().find(|(n, _, _)| *n == name) {
         Some((_, mime, bytes)) => (
             [
