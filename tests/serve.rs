@@ -1,0 +1,542 @@
+//! The demo server (`examples/serve`) over real HTTP: each test starts the application on an
+//! ephemeral loopback port and talks HTTP/1.1 to it over a plain TCP socket.
+
+#[path = "../examples/serve/app.rs"]
+#[allow(dead_code)]
+mod app;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use fastai_infer::candle_core::Device;
+use fastai_infer::{load_image, Learner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use app::{AppState, Config};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The model, loaded once for all tests.
+fn learner() -> Arc<Learner> {
+    static LEARNER: OnceLock<Arc<Learner>> = OnceLock::new();
+    LEARNER
+        .get_or_init(|| {
+            let path = format!("{ROOT}/weights/pets_vit_tiny.safetensors");
+            Arc::new(Learner::load(path, &Device::Cpu).expect("shipped weights load"))
+        })
+        .clone()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{ROOT}/tests/fixtures/images/{name}")).expect("fixture image")
+}
+
+/// Starts the application on 127.0.0.1:0; the server lives as long as the test's runtime.
+async fn start(config: Config) -> (SocketAddr, AppState) {
+    let state = AppState::new(learner(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app::app(state.clone());
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (addr, state)
+}
+
+/// A response: status, headers (names lower-cased), body.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "status {}",
+            self.status
+        );
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// The `error` string of a JSON error response.
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .expect("an \"error\" string")
+            .to_string()
+    }
+}
+
+/// Parses a complete HTTP/1.1 response (content-length or chunked).
+fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size");
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16)
+                .expect("hex chunk size");
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + size]);
+            rest = &rest[nl + 2 + size + 2..];
+        }
+        body = out;
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    parse_response(&raw)
+}
+
+/// Sends `head` and then, concurrently, `body` (which the server may stop reading), and
+/// reads the response. Write errors are expected once the server has answered.
+async fn request_streaming(addr: SocketAddr, head: String, body: Vec<u8>) -> Response {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for chunk in body.chunks(16 * 1024) {
+            if wr.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the response arrived (the server closed with our body unread).
+            Err(_) if !raw.is_empty() => break,
+            Err(e) => panic!("reading the response failed: {e}"),
+        }
+    }
+    writer.abort();
+    parse_response(&raw)
+}
+
+/// A multipart/form-data body with one field.
+fn multipart(field: &str, filename: Option<&str>, content: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----fastai-infer-test-boundary-7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    match filename {
+        Some(f) => body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{field}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+        ),
+        None => body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes(),
+        ),
+    }
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Checks a /predict answer against `learn.predict` on the same file.
+fn assert_prediction(resp: &Response, image: &str) {
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let json = resp.json();
+    let expected = learner()
+        .predict(&load_image(format!("{ROOT}/tests/fixtures/images/{image}")).unwrap())
+        .unwrap();
+    assert_eq!(json["label"], expected.label.as_str());
+    assert_eq!(json["index"], expected.index);
+    let top = json["top_k"].as_array().expect("top_k array");
+    assert_eq!(top.len(), 3);
+    for (got, want) in top.iter().zip(expected.top_k(3)) {
+        assert_eq!(got["label"], want.label.as_str());
+        assert_eq!(got["index"], want.index);
+        // The shortest decimal of the f32: it parses back to exactly the same f32.
+        let p = got["probability"].as_f64().unwrap();
+        assert_eq!(p as f32, want.probability, "{p} vs {want:?}");
+    }
+    assert!(json["timing_ms"].as_f64().is_some_and(|t| t >= 0.0));
+}
+
+#[tokio::test]
+async fn health_reports_the_classes() {
+    let (addr, _) = start(Config::default()).await;
+    let resp = request(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    let json = resp.json();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["classes"], learner().vocab().len());
+}
+
+#[tokio::test]
+async fn page_is_self_contained_and_lists_the_examples() {
+    let (addr, _) = start(Config::default()).await;
+    let resp = request(addr, "GET", "/", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let page = String::from_utf8(resp.body).unwrap();
+    assert!(page.contains("type=\"file\""));
+    assert!(page.contains("/predict"));
+    for (name, _, _) in app::EXAMPLES {
+        assert!(page.contains(&format!("\"{name}\"")), "{name} not offered");
+    }
+    // No external assets: nothing is loaded from another origin.
+    for needle in ["http://", "https://", "src=\"//", "href=\"//"] {
+        assert!(!page.contains(needle), "page references {needle}");
+    }
+}
+
+#[tokio::test]
+async fn examples_are_served_from_the_allow_list_only() {
+    let (addr, _) = start(Config::default()).await;
+    let resp = request(addr, "GET", "/examples/chelsea.png", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("image/png"));
+    assert_eq!(resp.body, fixture("chelsea.png"));
+    for path in [
+        "/examples/china.jpg",
+        "/examples/..%2F..%2FCargo.toml",
+        "/examples/../Cargo.toml",
+        "/examples/%2e%2e/weights/pets_vit_tiny.safetensors",
+        "/examples/%FF%FE",
+        "/examples/",
+        "/nope",
+    ] {
+        let resp = request(addr, "GET", path, &[], b"").await;
+        assert_eq!(resp.status, 404, "{path}");
+        assert!(!resp.error().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn predicts_a_raw_body_as_learn_predict_does() {
+    let (addr, _) = start(Config::default()).await;
+    let resp = request(
+        addr,
+        "POST",
+        "/predict",
+        &[("Content-Type", "image/png")],
+        &fixture("chelsea.png"),
+    )
+    .await;
+    assert_prediction(&resp, "chelsea.png");
+    // The content type is not trusted: the bytes tell the format.
+    let resp = request(
+        addr,
+        "POST",
+        "/predict",
+        &[("Content-Type", "application/octet-stream")],
+        &fixture("grace_hopper.jpg"),
+    )
+    .await;
+    assert_prediction(&resp, "grace_hopper.jpg");
+}
+
+#[tokio::test]
+async fn predicts_a_multipart_upload() {
+    let (addr, _) = start(Config::default()).await;
+    let (ctype, body) = multipart("image", Some("rocket.jpg"), &fixture("rocket.jpg"));
+    let resp = request(addr, "POST", "/predict", &[("Content-Type", &ctype)], &body).await;
+    assert_prediction(&resp, "rocket.jpg");
+    // Any field with a file name will do.
+    let (ctype, body) = multipart("upload", Some("horse.png"), &fixture("horse_RGBA.png"));
+    let resp = request(addr, "POST", "/predict", &[("Content-Type", &ctype)], &body).await;
+    assert_prediction(&resp, "horse_RGBA.png");
+}
+
+#[tokio::test]
+async fn a_bad_image_is_a_400_with_a_json_error() {
+    let (addr, _) = start(Config::default()).await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("text", b"this is not an image".to_vec()),
+        ("empty", Vec::new()),
+        ("truncated png", fixture("chelsea.png")[..2000].to_vec()),
+        ("png signature only", b"\x89PNG\r\n\x1a\n".to_vec()),
+    ];
+    for (what, body) in cases {
+        let resp = request(addr, "POST", "/predict", &[], &body).await;
+        assert_eq!(
+            resp.status,
+            400,
+            "{what}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        assert!(!resp.error().is_empty(), "{what}");
+    }
+    // Multipart: a form without an image field, a bad image in the field, a broken form.
+    let (ctype, body) = multipart("comment", None, b"hello");
+    let resp = request(addr, "POST", "/predict", &[("Content-Type", &ctype)], &body).await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.error().contains("no image"), "{}", resp.error());
+    let (ctype, body) = multipart("image", Some("x.png"), b"garbage");
+    let resp = request(addr, "POST", "/predict", &[("Content-Type", &ctype)], &body).await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.error().contains("decode"), "{}", resp.error());
+    let resp = request(
+        addr,
+        "POST",
+        "/predict",
+        &[("Content-Type", "multipart/form-data; boundary=xyz")],
+        b"--xyz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nunterminated",
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+    let resp = request(
+        addr,
+        "POST",
+        "/predict",
+        &[("Content-Type", "multipart/form-data")],
+        b"no boundary",
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+    // The server is still fine.
+    let resp = request(addr, "POST", "/predict", &[], &fixture("chelsea.png")).await;
+    assert_prediction(&resp, "chelsea.png");
+}
+
+#[tokio::test]
+async fn an_image_over_the_pixel_limit_is_refused_before_decoding() {
+    let (addr, _) = start(Config {
+        max_pixels: 10_000,
+        ..Config::default()
+    })
+    .await;
+    let resp = request(addr, "POST", "/predict", &[], &fixture("chelsea.png")).await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.error().contains("451x300"), "{}", resp.error());
+    // 37x61 = 2257 pixels is under the limit.
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413() {
+    let limit = 64 * 1024;
+    let (addr, _) = start(Config {
+        max_body_bytes: limit,
+        ..Config::default()
+    })
+    .await;
+    let big = vec![0x42u8; 4 * 1024 * 1024];
+
+    // Declared length over the limit.
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    let resp = request_streaming(addr, head, big.clone()).await;
+    assert_eq!(resp.status, 413);
+    assert!(resp.error().contains("limit"), "{}", resp.error());
+
+    // No declared length (chunked): the limit is enforced while reading.
+    let mut chunked = Vec::new();
+    for c in big.chunks(8192) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head =
+        format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let resp = request_streaming(addr, head, chunked).await;
+    assert_eq!(resp.status, 413);
+
+    // Multipart, declared and chunked.
+    let (ctype, body) = multipart("image", Some("big.png"), &big);
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let resp = request_streaming(addr, head, body.clone()).await;
+    assert_eq!(resp.status, 413);
+    let mut chunked = Vec::new();
+    for c in body.chunks(8192) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let resp = request_streaming(addr, head, chunked).await;
+    assert_eq!(resp.status, 413);
+    assert!(resp.error().contains("limit"), "{}", resp.error());
+
+    // An image under the limit still goes through.
+    let resp = request(addr, "POST", "/predict", &[], &fixture("horse_RGBA.png")).await;
+    assert_prediction(&resp, "horse_RGBA.png");
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_405_with_a_json_error() {
+    let (addr, _) = start(Config::default()).await;
+    for (method, path) in [
+        ("GET", "/predict"),
+        ("PUT", "/predict"),
+        ("POST", "/"),
+        ("DELETE", "/health"),
+        ("POST", "/examples/chelsea.png"),
+    ] {
+        let resp = request(addr, method, path, &[], b"").await;
+        assert_eq!(resp.status, 405, "{method} {path}");
+        assert!(!resp.error().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_is_a_503_with_retry_after() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        queue: 1,
+        ..Config::default()
+    })
+    .await;
+    // Stall the only worker: the next request is admitted and waits in the queue.
+    let worker = state.running().clone().acquire_owned().await.unwrap();
+    let waiting = tokio::spawn(async move {
+        request(addr, "POST", "/predict", &[], &fixture("chelsea.png")).await
+    });
+    // Wait (without a time bound on the result) until that request holds its queue slot.
+    while state.admitted().available_permits() > 1 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Take the last admission slot ourselves: the queue is now full.
+    let _stall = state.admitted().clone().acquire_owned().await.unwrap();
+    let resp = request(addr, "POST", "/predict", &[], &fixture("chelsea.png")).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(resp.error().contains("busy"), "{}", resp.error());
+    // Health is not queued.
+    assert_eq!(request(addr, "GET", "/health", &[], b"").await.status, 200);
+    // Free the worker: the queued request completes normally.
+    drop(worker);
+    let resp = waiting.await.unwrap();
+    assert_prediction(&resp, "chelsea.png");
+}
+
+#[tokio::test]
+async fn concurrent_requests_all_succeed() {
+    let (addr, _) = start(Config {
+        workers: 2,
+        queue: 16,
+        ..Config::default()
+    })
+    .await;
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                let name = if i % 2 == 0 {
+                    "rocket_tiny.png"
+                } else {
+                    "horse_RGBA.png"
+                };
+                (
+                    name,
+                    request(addr, "POST", "/predict", &[], &fixture(name)).await,
+                )
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (name, resp) = t.await.unwrap();
+        assert_prediction(&resp, name);
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_a_408_and_frees_its_slot() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        queue: 0,
+        body_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    // Declare 1000 bytes, send 10, then wait: the server gives up on the body.
+    let head =
+        format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n0123456789");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") || !raw.ends_with(b"}") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed without a response");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let resp = parse_response(&raw);
+    assert_eq!(resp.status, 408);
+    assert!(resp.error().contains("did not arrive"), "{}", resp.error());
+    drop(stream);
+    // The only slot is free again.
+    assert_eq!(state.admitted().available_permits(), 1);
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+}
