@@ -21,44 +21,229 @@
 
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 
-/// Opens and decodes an image file, converting it to RGB as `PILImage.create` does.
+/// PIL's `Image.MAX_IMAGE_PIXELS` (`1024 * 1024 * 1024 // 4 // 3`): above it PIL warns.
+pub const PIL_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// The default pixel limit, `2 * PIL_MAX_IMAGE_PIXELS` = 178,956,970 pixels: PIL raises
+/// `DecompressionBombError` for images with more pixels than this, so every image PIL opens
+/// (with or without its warning) is decoded here too, and nothing larger. Its 8-bit RGB buffer
+/// is just under 512 MiB.
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * PIL_MAX_IMAGE_PIXELS;
+
+/// How images are decoded: the decompression-bomb limit and the EXIF opt-in.
+///
+/// The default ([`DecodeOptions::default`]) is what fastai does, with PIL's bomb limit:
+/// at most [`DEFAULT_MAX_PIXELS`] pixels and the EXIF orientation ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// The most pixels (`width * height`) an image may declare; larger images are refused with
+    /// [`Error::ImageTooLarge`] after reading only their header, before any pixel buffer is
+    /// allocated. `None` removes the limit (PIL's `Image.MAX_IMAGE_PIXELS = None`); the
+    /// decoder's buffers are then only bounded by the `image` crate's own checks.
+    pub max_pixels: Option<u64>,
+    /// Rotate and flip the image as its EXIF orientation tag says (JPEG, PNG, TIFF, WebP).
+    /// Off by default: fastai's `PILImage.create` ignores the tag, and so must a model that
+    /// was trained on unrotated pixels.
+    pub apply_exif_orientation: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_pixels: Some(DEFAULT_MAX_PIXELS),
+            apply_exif_orientation: false,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// The default options with another pixel limit (`None`: no limit).
+    pub fn with_max_pixels(mut self, max_pixels: Option<u64>) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// The default options with the EXIF orientation applied (or not).
+    pub fn with_exif_orientation(mut self, apply: bool) -> Self {
+        self.apply_exif_orientation = apply;
+        self
+    }
+}
+
+/// Opens and decodes an image file, converting it to RGB as `PILImage.create` does, with the
+/// default [`DecodeOptions`].
 ///
 /// The format is guessed from the file's content, not its extension.
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
+    load_image_with(path, &DecodeOptions::default())
+}
+
+/// [`load_image`] with explicit [`DecodeOptions`] (pixel limit, EXIF orientation).
+pub fn load_image_with(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<RgbImage> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let io_err = |source| Error::Io {
         what: "image",
         path: path.to_path_buf(),
         source,
-    })?;
-    decode_image(&bytes, &path.display().to_string())
-}
-
-/// Decodes an encoded image held in memory (PNG, JPEG, ...) and converts it to RGB.
-pub fn load_image_from_memory(bytes: &[u8]) -> Result<RgbImage> {
-    decode_image(bytes, "<memory>")
-}
-
-fn decode_image(bytes: &[u8], origin: &str) -> Result<RgbImage> {
-    let decode_err = |source| Error::ImageDecode {
-        origin: origin.to_string(),
-        source,
     };
-    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+    if std::fs::metadata(path).map_err(io_err)?.is_dir() {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory",
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io_err)?;
+    decode_image(&bytes, &path.display().to_string(), options)
+}
+
+/// Decodes an encoded image held in memory (PNG, JPEG, ...) and converts it to RGB, with the
+/// default [`DecodeOptions`]. Errors name the origin `<memory>`.
+pub fn load_image_from_memory(bytes: &[u8]) -> Result<RgbImage> {
+    load_image_from_memory_with(bytes, &DecodeOptions::default())
+}
+
+/// [`load_image_from_memory`] with explicit [`DecodeOptions`].
+pub fn load_image_from_memory_with(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage> {
+    decode_image(bytes, "<memory>", options)
+}
+
+/// The most bytes a decoder may allocate for an image of `max_pixels` pixels: 8 bytes a
+/// pixel (16-bit RGBA, the widest layout converted here) plus slack for the decoders' own
+/// buffers.
+fn alloc_limit(max_pixels: Option<u64>) -> Option<u64> {
+    max_pixels.map(|p| p.saturating_mul(8).saturating_add(64 << 20))
+}
+
+fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<RgbImage> {
+    let decode_err = |source| match source {
+        image::ImageError::Unsupported(e) => Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        },
+        source => Error::ImageDecode {
+            origin: origin.to_string(),
+            source,
+        },
+    };
+    if bytes.is_empty() {
+        return Err(Error::UnrecognizedImage {
+            origin: origin.to_string(),
+            reason: "the file is empty (0 bytes)".into(),
+        });
+    }
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(image::ImageError::IoError(e)))?;
-    let img = reader.decode().map_err(decode_err)?;
+    let reader_format = reader.format();
+    if reader_format.is_none() {
+        return Err(Error::UnrecognizedImage {
+            origin: origin.to_string(),
+            reason: format!(
+                "not an image in a supported format (PNG, JPEG, GIF, BMP, WebP, TIFF); \
+                 it starts with {:02x?}",
+                &bytes[..bytes.len().min(8)]
+            ),
+        });
+    };
+    let mut limits = Limits::default();
+    limits.max_alloc = alloc_limit(options.max_pixels);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason: format!("image has no pixels ({width}x{height})"),
+        });
+    }
+    if let Some(max) = options.max_pixels {
+        if u64::from(width) * u64::from(height) > max {
+            return Err(Error::ImageTooLarge {
+                origin: origin.to_string(),
+                width,
+                height,
+                max_pixels: max,
+            });
+        }
+    }
+    if let Some(max) = alloc_limit(options.max_pixels) {
+        if decoder.total_bytes() > max {
+            return Err(Error::ImageTooLarge {
+                origin: origin.to_string(),
+                width,
+                height,
+                max_pixels: options.max_pixels.unwrap_or(u64::MAX),
+            });
+        }
+    }
+    let orientation = if options.apply_exif_orientation {
+        // A broken EXIF block is ignored (as a viewer would), never fatal.
+        decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms)
+    } else {
+        image::metadata::Orientation::NoTransforms
+    };
+    let cmyk_tiff = reader_format == Some(image::ImageFormat::Tiff)
+        && decoder.original_color_type() == image::ExtendedColorType::Cmyk8;
+    let mut img = if cmyk_tiff {
+        // The `image` crate converts CMYK to RGB itself, truncating where PIL rounds; read the
+        // raw CMYK samples and convert them as PIL does.
+        DynamicImage::ImageRgb8(decode_cmyk_tiff(bytes, width, height, origin)?)
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(decode_err)?
+    };
+    img.apply_orientation(orientation);
     to_rgb(img, origin)
+}
+
+/// An 8-bit CMYK TIFF converted to RGB as PIL's `convert('RGB')` does:
+/// `255 - k - round((255 - k) * c / 255)`, with PIL's integer rounding (`MULDIV255`).
+fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Result<RgbImage> {
+    let tiff_err = |e: tiff::TiffError| Error::ImageDecode {
+        origin: origin.to_string(),
+        source: image::ImageError::Decoding(image::error::DecodingError::new(
+            image::error::ImageFormatHint::Exact(image::ImageFormat::Tiff),
+            e,
+        )),
+    };
+    let mut decoder = tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).map_err(tiff_err)?;
+    let samples = match decoder.read_image().map_err(tiff_err)? {
+        tiff::decoder::DecodingResult::U8(v) => v,
+        _ => Vec::new(),
+    };
+    let pixels = width as usize * height as usize;
+    if samples.len() != pixels * 4 {
+        return Err(Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason: format!(
+                "CMYK TIFF layout not supported ({} samples for {width}x{height} pixels)",
+                samples.len()
+            ),
+        });
+    }
+    let muldiv255 = |a: u8, b: u8| {
+        let t = u32::from(a) * u32::from(b) + 128;
+        (((t >> 8) + t) >> 8) as u8
+    };
+    Ok(from_samples(width, height, &samples, 4, |p| {
+        let nk = 255 - p[3];
+        [
+            nk - muldiv255(p[0], nk),
+            nk - muldiv255(p[1], nk),
+            nk - muldiv255(p[2], nk),
+        ]
+    }))
 }
 
 /// Converts a decoded image to 8-bit RGB the way PIL's `convert('RGB')` does.
 ///
 /// Returns [`Error::UnsupportedImage`] for pixel formats whose PIL conversion is not
-/// reproduced (16-bit and floating-point images), and for images with no pixels.
+/// reproduced (floating-point images), and for images with no pixels.
 pub fn to_rgb(img: DynamicImage, origin: &str) -> Result<RgbImage> {
     if img.width() == 0 || img.height() == 0 {
         return Err(Error::UnsupportedImage {
@@ -66,30 +251,60 @@ pub fn to_rgb(img: DynamicImage, origin: &str) -> Result<RgbImage> {
             reason: format!("image has no pixels ({}x{})", img.width(), img.height()),
         });
     }
+    let (w, h) = (img.width(), img.height());
     let rgb = match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageRgba8(rgba) => RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-            let p = rgba.get_pixel(x, y).0;
-            image::Rgb([p[0], p[1], p[2]])
-        }),
-        DynamicImage::ImageLuma8(l) => RgbImage::from_fn(l.width(), l.height(), |x, y| {
-            let v = l.get_pixel(x, y).0[0];
-            image::Rgb([v, v, v])
-        }),
-        DynamicImage::ImageLumaA8(la) => RgbImage::from_fn(la.width(), la.height(), |x, y| {
-            let v = la.get_pixel(x, y).0[0];
-            image::Rgb([v, v, v])
-        }),
+        DynamicImage::ImageRgba8(rgba) => {
+            from_samples(w, h, rgba.as_raw(), 4, |s| [s[0], s[1], s[2]])
+        }
+        DynamicImage::ImageLuma8(l) => from_samples(w, h, l.as_raw(), 1, |s| [s[0]; 3]),
+        DynamicImage::ImageLumaA8(la) => from_samples(w, h, la.as_raw(), 2, |s| [s[0]; 3]),
+        // PIL opens 16-bit RGB(A) and gray+alpha PNGs as 8-bit RGB/RGBA, keeping each sample's
+        // high byte ("RGB;16B", "RGBA;16B", "LA;16B" raw modes).
+        DynamicImage::ImageRgb16(rgb) => {
+            from_samples(w, h, rgb.as_raw(), 3, |s| [hi(s[0]), hi(s[1]), hi(s[2])])
+        }
+        DynamicImage::ImageRgba16(rgba) => {
+            from_samples(w, h, rgba.as_raw(), 4, |s| [hi(s[0]), hi(s[1]), hi(s[2])])
+        }
+        DynamicImage::ImageLumaA16(la) => from_samples(w, h, la.as_raw(), 2, |s| [hi(s[0]); 3]),
+        // PIL opens 16-bit gray as mode "I;16", and its conversion to RGB clips each value to
+        // 0..=255 (it does not scale): a 16-bit gray photo comes out mostly white, in PIL and
+        // so in fastai, and here too.
+        DynamicImage::ImageLuma16(l) => {
+            from_samples(w, h, l.as_raw(), 1, |s| [s[0].min(255) as u8; 3])
+        }
         other => {
             return Err(Error::UnsupportedImage {
                 origin: origin.to_string(),
                 reason: format!(
                     "pixel format {:?} is not converted to RGB the way PIL does; \
-                     only 8-bit RGB, RGBA, L, LA and palette images are supported",
+                     supported: 8-bit RGB, RGBA, L, LA, palette and 1/2/4-bit images, \
+                     16-bit RGB, RGBA, L and LA",
                     other.color()
                 ),
             })
         }
     };
     Ok(rgb)
+}
+
+/// The high byte of a 16-bit sample.
+fn hi(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+/// An RGB image from interleaved samples, `channels` a pixel, mapped by `f`.
+fn from_samples<T: Copy>(
+    w: u32,
+    h: u32,
+    samples: &[T],
+    channels: usize,
+    f: impl Fn(&[T]) -> [u8; 3],
+) -> RgbImage {
+    let mut out = Vec::with_capacity(samples.len() / channels * 3);
+    for px in samples.chunks_exact(channels) {
+        out.extend_from_slice(&f(px));
+    }
+    RgbImage::from_raw(w, h, out).expect("one RGB pixel per source pixel")
 }
