@@ -42,9 +42,11 @@ pub const DEFAULT_MAX_PIXELS: u64 = 2 * PIL_MAX_IMAGE_PIXELS;
 pub struct DecodeOptions {
     /// The most pixels (`width * height`) an image may declare; larger images are refused with
     /// [`Error::ImageTooLarge`] after reading only their header, before any pixel buffer is
-    /// allocated. `None` removes the limit (PIL's `Image.MAX_IMAGE_PIXELS = None`); the
-    /// decoder's buffers are then only bounded by the `image` crate's own checks.
-    pub max_pixels: Option<u64>,
+    /// allocated. It also bounds the decoder's allocations (8 bytes a pixel plus 64 MiB), so
+    /// memory stays bounded whatever the file says. Raise it for huge images; `u64::MAX` (PIL's
+    /// `Image.MAX_IMAGE_PIXELS = None`) leaves a hostile file free to exhaust memory, which
+    /// aborts the process.
+    pub max_pixels: u64,
     /// Rotate and flip the image as its EXIF orientation tag says (JPEG, PNG, TIFF, WebP).
     /// Off by default: fastai's `PILImage.create` ignores the tag, and so must a model that
     /// was trained on unrotated pixels.
@@ -54,20 +56,20 @@ pub struct DecodeOptions {
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
-            max_pixels: Some(DEFAULT_MAX_PIXELS),
+            max_pixels: DEFAULT_MAX_PIXELS,
             apply_exif_orientation: false,
         }
     }
 }
 
 impl DecodeOptions {
-    /// The default options with another pixel limit (`None`: no limit).
-    pub fn with_max_pixels(mut self, max_pixels: Option<u64>) -> Self {
+    /// These options with another pixel limit.
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
         self.max_pixels = max_pixels;
         self
     }
 
-    /// The default options with the EXIF orientation applied (or not).
+    /// These options with the EXIF orientation applied (or not).
     pub fn with_exif_orientation(mut self, apply: bool) -> Self {
         self.apply_exif_orientation = apply;
         self
@@ -114,8 +116,8 @@ pub fn load_image_from_memory_with(bytes: &[u8], options: &DecodeOptions) -> Res
 /// The most bytes a decoder may allocate for an image of `max_pixels` pixels: 8 bytes a
 /// pixel (16-bit RGBA, the widest layout converted here) plus slack for the decoders' own
 /// buffers.
-fn alloc_limit(max_pixels: Option<u64>) -> Option<u64> {
-    max_pixels.map(|p| p.saturating_mul(8).saturating_add(64 << 20))
+fn alloc_limit(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(8).saturating_add(64 << 20)
 }
 
 fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<RgbImage> {
@@ -149,8 +151,17 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             ),
         });
     };
+    if reader_format == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
+        return Err(decode_err(image::ImageError::Decoding(
+            image::error::DecodingError::new(
+                image::error::ImageFormatHint::Exact(image::ImageFormat::Jpeg),
+                "the file is truncated: no end-of-image marker (FF D9) after the scan data \
+                 (PIL refuses it too: \"image file is truncated\")",
+            ),
+        )));
+    }
     let mut limits = Limits::default();
-    limits.max_alloc = alloc_limit(options.max_pixels);
+    limits.max_alloc = Some(alloc_limit(options.max_pixels));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (width, height) = decoder.dimensions();
@@ -160,25 +171,15 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             reason: format!("image has no pixels ({width}x{height})"),
         });
     }
-    if let Some(max) = options.max_pixels {
-        if u64::from(width) * u64::from(height) > max {
-            return Err(Error::ImageTooLarge {
-                origin: origin.to_string(),
-                width,
-                height,
-                max_pixels: max,
-            });
-        }
-    }
-    if let Some(max) = alloc_limit(options.max_pixels) {
-        if decoder.total_bytes() > max {
-            return Err(Error::ImageTooLarge {
-                origin: origin.to_string(),
-                width,
-                height,
-                max_pixels: options.max_pixels.unwrap_or(u64::MAX),
-            });
-        }
+    if u64::from(width) * u64::from(height) > options.max_pixels
+        || decoder.total_bytes() > alloc_limit(options.max_pixels)
+    {
+        return Err(Error::ImageTooLarge {
+            origin: origin.to_string(),
+            width,
+            height,
+            max_pixels: options.max_pixels,
+        });
     }
     let orientation = if options.apply_exif_orientation {
         // A broken EXIF block is ignored (as a viewer would), never fatal.
@@ -199,6 +200,44 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
     };
     img.apply_orientation(orientation);
     to_rgb(img, origin)
+}
+
+/// Whether a JPEG has an end-of-image marker after its first scan header, i.e. was not cut
+/// short. The `image` crate's decoder fills a truncated scan with gray and succeeds; PIL
+/// (without `LOAD_TRUNCATED_IMAGES`, as fastai runs it) raises "image file is truncated".
+///
+/// The marker segments before the first scan are walked by their lengths (so an EXIF
+/// thumbnail's own markers are skipped); entropy-coded data escapes every `FF` byte, so an
+/// `FF D9` after the scan header is a real marker. Bytes after it are ignored, as PIL ignores
+/// them. A header too malformed to walk is left to the decoder to reject.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    let scan = loop {
+        // Fill bytes before a marker.
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
+            return true;
+        };
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let (Some(&hi), Some(&lo)) = (bytes.get(i + 2), bytes.get(i + 3)) else {
+                    return false;
+                };
+                let next = i + 2 + usize::from(u16::from_be_bytes([hi, lo]));
+                if marker == 0xDA {
+                    break next;
+                }
+                i = next;
+            }
+        }
+    };
+    bytes
+        .get(scan..)
+        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// An 8-bit CMYK TIFF converted to RGB as PIL's `convert('RGB')` does:
