@@ -343,6 +343,21 @@ fn directories_and_missing_files_are_io_errors() {
     assert!(err.to_string().contains("directory"), "{err}");
     let err = load_image(dir.path().join("nope.jpg")).unwrap_err();
     assert!(matches!(err, Error::Io { what: "image", .. }), "{err:?}");
+    // A path through a file (ENOTDIR), whoever runs the test.
+    let file = dir.path().join("file.png");
+    std::fs::copy(hostile("gray8.png"), &file).unwrap();
+    let err = load_image(file.join("inner.png")).unwrap_err();
+    assert!(matches!(err, Error::Io { what: "image", .. }), "{err:?}");
+    assert!(err.to_string().contains("inner.png"));
+    // A dangling symlink.
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("dangling.png");
+        std::os::unix::fs::symlink(dir.path().join("gone.png"), &link).unwrap();
+        let err = load_image(&link).unwrap_err();
+        assert!(matches!(err, Error::Io { what: "image", .. }), "{err:?}");
+        assert!(err.to_string().contains("dangling.png"));
+    }
 }
 
 #[cfg(unix)]
