@@ -478,9 +478,27 @@ impl FastaiWeights {
     }
 }
 
-/// Counts the NaN and infinite values of an `F32` tensor (one pass over a CPU copy).
+/// Counts the NaN and infinite values of an `F32` tensor: one branch-free pass over the CPU
+/// storage (no copy), and a counting pass only when something is found.
 fn non_finite(key: &str, t: &Tensor) -> Result<Option<NonFinite>> {
-    let values = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+    let t = t.to_device(&Device::Cpu)?;
+    let (storage, layout) = t.storage_and_layout();
+    let copied;
+    let values: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
+        _ => {
+            copied = t.flatten_all()?.to_vec1::<f32>()?;
+            &copied
+        }
+    };
+    // An f32 is NaN or infinite exactly when its exponent bits are all ones.
+    const EXP: u32 = 0x7f80_0000;
+    let any = values
+        .iter()
+        .fold(false, |acc, v| acc | (v.to_bits() & EXP == EXP));
+    if !any {
+        return Ok(None);
+    }
     let (mut nan, mut inf, mut first) = (0, 0, None);
     for (i, v) in values.iter().enumerate() {
         if !v.is_finite() {
