@@ -1,20 +1,35 @@
 //! Stage 1, decode: fastai's `PILImage.create`, i.e. `Image.open(fn)` then `convert('RGB')`.
 //!
 //! The result is always an 8-bit RGB image ([`image::RgbImage`]), converted the way PIL's
-//! `convert('RGB')` converts the modes a photo usually comes in:
+//! `convert('RGB')` converts it. Each row is tested byte for byte against Pillow 13
+//! (`tests/hostile_images.rs`, fixtures from `scripts/make_hostile_fixtures.py`):
 //!
-//! | PIL mode | what happens |
-//! |---|---|
-//! | `RGB` | unchanged |
-//! | `RGBA` | alpha dropped (no premultiplication, no background) |
-//! | `L` | gray copied to R, G and B |
-//! | `LA` | gray copied to R, G and B, alpha dropped |
-//! | `P` | palette looked up (transparency ignored) |
+//! | file | PIL mode | what happens | against PIL |
+//! |---|---|---|---|
+//! | 8-bit RGB | `RGB` | unchanged (a PNG `tRNS` colour key ignored) | identical |
+//! | 8-bit RGBA | `RGBA` | alpha dropped (no premultiplication, no background) | identical |
+//! | 8-bit gray; 1, 2, 4-bit gray PNG | `L`, `1` | gray (scaled to 0-255) copied to R, G, B | identical |
+//! | 8-bit gray + alpha | `LA` | gray copied, alpha dropped | identical |
+//! | palette, with or without `tRNS` | `P` | palette looked up, transparency ignored | identical |
+//! | 16-bit RGB, RGBA PNG | `RGB`, `RGBA` | high byte of each sample | identical |
+//! | 16-bit gray + alpha PNG | `RGBA` | high byte of the gray | identical |
+//! | 16-bit gray PNG | `I;16` | **clipped** to 255 (PIL does not scale: mostly white) | identical |
+//! | CMYK TIFF (8-bit) | `CMYK` | PIL's `cmyk2rgb`: `255 - k - round((255 - k) c / 255)` | identical |
+//! | CMYK JPEG | `CMYK` | the JPEG decoder's own conversion | within 1 level |
+//! | floating point (TIFF) | `F` | refused: [`Error::UnsupportedImage`] | - |
+//! | 16-bit CMYK, other exotic layouts | - | refused: [`Error::UnsupportedImage`] | - |
 //!
-//! Images of 16 bits per channel or floating point are refused with
-//! [`Error::UnsupportedImage`] rather than converted differently from PIL.
+//! Hostile input is refused with a typed error naming the file (or `<memory>`): an empty file
+//! or unknown bytes ([`Error::UnrecognizedImage`]), a format recognised but not built in
+//! (QOI, ICO, PNM, HDR, AVIF, ...: [`Error::UnsupportedImage`]), truncated or corrupt data
+//! ([`Error::ImageDecode`]; a JPEG without its end marker is refused as PIL refuses it), an
+//! image with no pixels, and a decompression bomb: an image declaring more than
+//! [`DecodeOptions::max_pixels`] pixels (default [`DEFAULT_MAX_PIXELS`], PIL's
+//! `DecompressionBombError` limit) is refused from its header, before any pixel buffer is
+//! allocated ([`Error::ImageTooLarge`]).
 //!
-//! Like fastai, the EXIF orientation tag is ignored: pixels are used as stored.
+//! Like fastai, the EXIF orientation tag is ignored by default: pixels are used as stored.
+//! [`DecodeOptions::apply_exif_orientation`] applies it (as PIL's `ImageOps.exif_transpose`).
 //!
 //! JPEG decoding uses the `image` crate's decoder, which differs from PIL's libjpeg-turbo by a
 //! few levels on some pixels (see the README's fidelity figures); PNG decodes identically.
