@@ -42,6 +42,42 @@ fn the_tiny_model_loads_and_predicts() {
 }
 
 #[test]
+fn the_learner_decodes_files_with_its_decode_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "tiny.safetensors", &tiny::bytes());
+    let hostile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile");
+    let gray = hostile.join("gray8.png"); // 32x24
+    let learn = Learner::load(&p, &Device::Cpu).unwrap();
+    assert_eq!(
+        *learn.decode_options(),
+        fastai_infer::DecodeOptions::default()
+    );
+    learn.predict_path(&gray).unwrap();
+    assert!(matches!(
+        learn
+            .predict_path(hostile.join("bomb_png.png"))
+            .unwrap_err(),
+        Error::ImageTooLarge { .. }
+    ));
+    let strict =
+        learn.with_decode_options(fastai_infer::DecodeOptions::default().with_max_pixels(700));
+    for err in [
+        strict.predict_path(&gray).unwrap_err(),
+        strict.predict_paths(&[&gray], 4).unwrap_err(),
+    ] {
+        match err {
+            Error::ImageTooLarge {
+                origin, max_pixels, ..
+            } => {
+                assert!(origin.ends_with("gray8.png"));
+                assert_eq!(max_pixels, 700);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
 fn truncated_safetensors_are_invalid_at_every_cut() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = tiny::bytes();
