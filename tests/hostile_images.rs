@@ -323,9 +323,25 @@ fn zero_size_images_are_refused() {
     let err = load_image(hostile("zero_width.png")).unwrap_err();
     assert!(matches!(err, Error::ImageDecode { .. }), "{err:?}");
     assert!(err.to_string().contains("zero_width.png"));
-    // A GIF that declares 0x0 with no frame data.
-    let gif = b"GIF89a\x00\x00\x00\x00\x00\x00\x00\x3b";
-    let err = load_image_from_memory(gif).unwrap_err();
+    // A GIF whose screen is 0x0 (with a 1x1 frame): refused as having no pixels.
+    let mut gif = b"GIF89a\x00\x00\x00\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff".to_vec();
+    gif.extend(b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b");
+    match load_image_from_memory(&gif).unwrap_err() {
+        Error::UnsupportedImage { origin, reason } => {
+            assert_eq!(origin, "<memory>");
+            assert!(reason.contains("no pixels (0x0)"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A BMP 0 pixels wide.
+    let mut bmp = b"BM".to_vec();
+    for field in [57u32, 0, 54, 40, 0, 5] {
+        bmp.extend(field.to_le_bytes());
+    }
+    bmp.extend(1u16.to_le_bytes());
+    bmp.extend(24u16.to_le_bytes());
+    bmp.extend([0; 27]);
+    let err = load_image_from_memory(&bmp).unwrap_err();
     assert!(
         matches!(
             err,
