@@ -287,9 +287,9 @@ fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Resu
     Ok(from_samples(width, height, &samples, 4, |p| {
         let nk = 255 - p[3];
         [
-            nk - muldiv255(p[0], nk),
-            nk - muldiv255(p[1], nk),
-            nk - muldiv255(p[2], nk),
+            nk.saturating_sub(muldiv255(p[0], nk)),
+            nk.saturating_sub(muldiv255(p[1], nk)),
+            nk.saturating_sub(muldiv255(p[2], nk)),
         ]
     }))
 }
@@ -340,6 +340,12 @@ pub fn to_rgb(img: DynamicImage, origin: &str) -> Result<RgbImage> {
             })
         }
     };
+    if rgb.dimensions() != (w, h) {
+        return Err(Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason: format!("pixel buffer does not match its {w}x{h} size"),
+        });
+    }
     Ok(rgb)
 }
 
@@ -360,5 +366,7 @@ fn from_samples<T: Copy>(
     for px in samples.chunks_exact(channels) {
         out.extend_from_slice(&f(px));
     }
-    RgbImage::from_raw(w, h, out).expect("one RGB pixel per source pixel")
+    // `image` buffers always hold `w * h * channels` samples, so this is always `Some`; the
+    // fallback (an empty image, refused by the caller's size check) keeps this panic-free.
+    RgbImage::from_raw(w, h, out).unwrap_or_default()
 }
