@@ -76,6 +76,30 @@ fn bmp_bomb() -> Vec<u8> {
     b
 }
 
+/// A 4x4 RGBA f32 TIFF whose header is patched to 12000x12000: 144M pixels, under the pixel
+/// limit, but 2.3 GB of decoded samples, over the allocation limit the pixel limit implies.
+fn tiff_f32_bomb() -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgba32F(image::ImageBuffer::from_pixel(
+        4,
+        4,
+        image::Rgba([0.5f32, 0.25, 1.0, 1.0]),
+    ));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Tiff).unwrap();
+    let mut b = out.into_inner();
+    let ifd = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+    let n = u16::from_le_bytes(b[ifd..ifd + 2].try_into().unwrap()) as usize;
+    for e in 0..n {
+        let at = ifd + 2 + 12 * e;
+        let tag = u16::from_le_bytes(b[at..at + 2].try_into().unwrap());
+        let long = u16::from_le_bytes(b[at + 2..at + 4].try_into().unwrap()) == 4;
+        if (tag == 256 || tag == 257) && long {
+            b[at + 8..at + 12].copy_from_slice(&12_000u32.to_le_bytes());
+        }
+    }
+    b
+}
+
 #[test]
 fn bombs_are_refused_before_any_large_allocation() {
     // The tracker sees the decoder's buffers: a real 451x300 image allocates its 405,900 bytes.
@@ -92,6 +116,7 @@ fn bombs_are_refused_before_any_large_allocation() {
         ("gif", fixture("bomb_gif.gif"), (65_535, 65_535)),
         ("jpeg", jpeg_bomb(), (65_500, 65_500)),
         ("bmp", bmp_bomb(), (60_000, 60_000)),
+        ("tiff f32", tiff_f32_bomb(), (12_000, 12_000)),
     ] {
         LARGEST.with(|c| c.set(0));
         let err = load_image_from_memory(&bytes).unwrap_err();
