@@ -42,6 +42,37 @@ def png(width, height, bit_depth, color_type, rows, extra=(), ihdr=None):
     return b"\x89PNG\r\n\x1a\n" + body
 
 
+def tiff(width, height, samples, bits, photometric, data):
+    """A minimal little-endian, uncompressed, single-strip TIFF."""
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, samples, None),  # BitsPerSample: one per sample, stored after the IFD
+        (259, 3, 1, 1),
+        (262, 3, 1, photometric),
+        (273, 4, 1, None),  # StripOffsets
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, len(data)),
+        (284, 3, 1, 1),
+    ]
+    ifd_at = 8
+    ifd_len = 2 + 12 * len(entries) + 4
+    bps_at = ifd_at + ifd_len
+    data_at = bps_at + 2 * samples
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(entries)))
+    for tag, typ, count, value in entries:
+        if tag == 258:
+            value = bps_at if samples > 2 else bits
+        if tag == 273:
+            value = data_at
+        packed = struct.pack("<H", value) + b"\x00\x00" if typ == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, typ, count) + packed
+    out += struct.pack("<I", 0)
+    out += struct.pack("<" + "H" * samples, *([bits] * samples))
+    return bytes(out + data)
+
+
 def pack_bits(values, bits):
     """Packs small unsigned ints MSB first, as PNG does for 1, 2 and 4-bit samples."""
     out, acc, n = bytearray(), 0, 0
@@ -106,6 +137,10 @@ def images():
     b = io.BytesIO()
     cmyk.save(b, "TIFF")
     out["cmyk_tiff"] = (b.getvalue(), "tiff")
+    # 16-bit CMYK TIFF (PIL opens it as 8-bit CMYK).
+    c16 = gradient(4, 65535, 31)
+    le16 = b"".join(struct.pack("<H", int(v)) for v in c16.reshape(-1))
+    out["cmyk16_tiff"] = (tiff(W, H, 4, 16, 5, le16), "tiff")
 
     # EXIF orientation 6 (rotate 90 clockwise to display) on a non-square JPEG.
     rgb = Image.fromarray(gradient(3, 255, 40).astype(np.uint8), mode="RGB")

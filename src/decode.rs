@@ -14,10 +14,10 @@
 //! | 16-bit RGB, RGBA PNG | `RGB`, `RGBA` | high byte of each sample | identical |
 //! | 16-bit gray + alpha PNG | `RGBA` | high byte of the gray | identical |
 //! | 16-bit gray PNG | `I;16` | **clipped** to 255 (PIL does not scale: mostly white) | identical |
-//! | CMYK TIFF (8-bit) | `CMYK` | PIL's `cmyk2rgb`: `255 - k - round((255 - k) c / 255)` | identical |
+//! | CMYK TIFF, 8 or 16-bit | `CMYK` | high byte; PIL's `cmyk2rgb`: `255 - k - round((255 - k) c / 255)` | identical |
 //! | CMYK JPEG | `CMYK` | the JPEG decoder's own conversion | within 1 level |
 //! | floating point (TIFF) | `F` | refused: [`Error::UnsupportedImage`] | - |
-//! | 16-bit CMYK, other exotic layouts | - | refused: [`Error::UnsupportedImage`] | - |
+//! | other layouts the decoders do not read | - | refused: [`Error::UnsupportedImage`] | - |
 //!
 //! Hostile input is refused with a typed error naming the file (or `<memory>`): an empty file
 //! or unknown bytes ([`Error::UnrecognizedImage`]), a format recognised but not built in
@@ -205,7 +205,10 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
         image::metadata::Orientation::NoTransforms
     };
     let cmyk_tiff = reader_format == Some(image::ImageFormat::Tiff)
-        && decoder.original_color_type() == image::ExtendedColorType::Cmyk8;
+        && matches!(
+            decoder.original_color_type(),
+            image::ExtendedColorType::Cmyk8 | image::ExtendedColorType::Cmyk16
+        );
     let mut img = if cmyk_tiff {
         // The `image` crate converts CMYK to RGB itself, truncating where PIL rounds; read the
         // raw CMYK samples and convert them as PIL does.
@@ -255,7 +258,7 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
         .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
-/// An 8-bit CMYK TIFF converted to RGB as PIL's `convert('RGB')` does:
+/// An 8 or 16-bit CMYK TIFF converted to RGB as PIL's `convert('RGB')` does:
 /// `255 - k - round((255 - k) * c / 255)`, with PIL's integer rounding (`MULDIV255`).
 fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Result<RgbImage> {
     let tiff_err = |e: tiff::TiffError| Error::ImageDecode {
@@ -268,6 +271,8 @@ fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Resu
     let mut decoder = tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).map_err(tiff_err)?;
     let samples = match decoder.read_image().map_err(tiff_err)? {
         tiff::decoder::DecodingResult::U8(v) => v,
+        // PIL opens 16-bit CMYK as 8-bit CMYK, keeping each sample's high byte.
+        tiff::decoder::DecodingResult::U16(v) => v.into_iter().map(hi).collect(),
         _ => Vec::new(),
     };
     let pixels = width as usize * height as usize;

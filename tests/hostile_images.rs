@@ -64,6 +64,7 @@ fn lossless_modes_match_pil_convert_rgb_exactly() {
         ("palette4_trns", "palette4_trns.png", "P"),
         ("rgb8_trns", "rgb8_trns.png", "RGB"),
         ("cmyk_tiff", "cmyk_tiff.tiff", "CMYK"),
+        ("cmyk16_tiff", "cmyk16_tiff.tiff", "CMYK"),
         ("exif_rotate90_png", "exif_rotate90_png.png", "RGB"),
     ];
     for (name, file, mode) in cases {
