@@ -31,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
 
     let mut item = RandomResizedCrop::new(1 + u32::from(params[0] % 128));
     item.val_xtra = f64::from(params[2]) / 255.0;
-    let item_img = item.encodes(&img).expect("item transforms on a decoded image");
+    let item_img = item
+        .encodes(&img)
+        .expect("item transforms on a decoded image");
     assert_eq!(item_img.dimensions(), (item.width, item.height));
 
     let size = 1 + usize::from(params[1] % 64);
