@@ -55,7 +55,7 @@ pub enum Error {
     /// An image declares more pixels than the decode limit
     /// ([`crate::decode::DecodeOptions::max_pixels`]); refused after reading its header, before
     /// any pixel buffer is allocated (PIL's `DecompressionBombError`).
-    #[error("image {origin} is {width}x{height} = {} pixels, over the limit of {max_pixels} pixels (a decompression bomb?); raise DecodeOptions::max_pixels to decode it", u64::from(*width) * u64::from(*height))]
+    #[error("{}", too_large(origin, *width, *height, *max_pixels))]
     ImageTooLarge {
         /// The file, or `<memory>` for in-memory bytes.
         origin: String,
@@ -222,6 +222,23 @@ impl fmt::Display for KeyProblem {
             ),
         }
     }
+}
+
+/// The message of [`Error::ImageTooLarge`].
+fn too_large(origin: &str, width: u32, height: u32, max_pixels: u64) -> String {
+    let pixels = u64::from(width) * u64::from(height);
+    let why = if pixels > max_pixels {
+        format!("over the limit of {max_pixels} pixels")
+    } else {
+        format!(
+            "under the limit of {max_pixels} pixels, but its decoded samples need more memory \
+             than that limit allows (8 bytes a pixel)"
+        )
+    };
+    format!(
+        "image {origin} is {width}x{height} = {pixels} pixels, {why} (a decompression bomb?); \
+         raise DecodeOptions::max_pixels to decode it"
+    )
 }
 
 /// A tensor of a weights file that holds NaN or infinite values.

@@ -121,12 +121,21 @@ fn bombs_are_refused_before_any_large_allocation() {
         LARGEST.with(|c| c.set(0));
         let err = load_image_from_memory(&bytes).unwrap_err();
         let largest = LARGEST.with(|c| c.get());
+        let msg = err.to_string();
         match err {
             Error::ImageTooLarge { width, height, .. } => {
                 assert_eq!((width, height), dims, "{what}")
             }
             other => panic!("{what}: {other:?}"),
         }
+        // The message says which limit was hit.
+        let by_bytes = what == "tiff f32";
+        assert_eq!(
+            msg.contains("over the limit of 178956970 pixels"),
+            !by_bytes,
+            "{msg}"
+        );
+        assert_eq!(msg.contains("need more memory"), by_bytes, "{msg}");
         assert!(
             largest < 1 << 20,
             "{what}: a {largest}-byte allocation before the refusal"
