@@ -162,6 +162,25 @@ def images():
     f.save(b, "TIFF")
     out["float32_tiff"] = (b.getvalue(), "tiff")
 
+    # Other containers PIL writes: GIF (palette, with and without a transparent index), BMP
+    # (24-bit, and 32-bit with alpha), WebP (lossless RGB and RGBA).
+    pal = Image.fromarray(gradient(1, 15, 60)[:, :, 0].astype(np.uint8), mode="L").convert("P")
+    pal.putpalette(list(np.random.default_rng(61).integers(0, 256, 16 * 3, dtype=np.uint8)))
+    for name, kw in [("gif_plain", {}), ("gif_trns", {"transparency": 3})]:
+        b = io.BytesIO()
+        pal.save(b, "GIF", **kw)
+        out[name] = (b.getvalue(), "gif")
+    rgba = Image.fromarray(gradient(4, 255, 62).astype(np.uint8), mode="RGBA")
+    for name, im, fmt, kw in [
+        ("bmp24", rgb, "BMP", {}),
+        ("bmp32", rgba, "BMP", {}),
+        ("webp_rgb", rgb, "WEBP", {"lossless": True}),
+        ("webp_rgba", rgba, "WEBP", {"lossless": True}),
+    ]:
+        b = io.BytesIO()
+        im.save(b, fmt, **kw)
+        out[name] = (b.getvalue(), fmt.lower())
+
     # Decompression bombs: tiny files that declare huge images.
     out["bomb_png"] = (png(100_000, 100_000, 8, 2, [b"\x00" * 3]), "png")
     # A GIF that declares 65535x65535 with a one-pixel frame.

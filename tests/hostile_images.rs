@@ -66,6 +66,12 @@ fn lossless_modes_match_pil_convert_rgb_exactly() {
         ("cmyk_tiff", "cmyk_tiff.tiff", "CMYK"),
         ("cmyk16_tiff", "cmyk16_tiff.tiff", "CMYK"),
         ("exif_rotate90_png", "exif_rotate90_png.png", "RGB"),
+        ("gif_plain", "gif_plain.gif", "P"),
+        ("gif_trns", "gif_trns.gif", "P"),
+        ("bmp24", "bmp24.bmp", "RGB"),
+        ("bmp32", "bmp32.bmp", "RGB"),
+        ("webp_rgb", "webp_rgb.webp", "RGB"),
+        ("webp_rgba", "webp_rgba.webp", "RGBA"),
     ];
     for (name, file, mode) in cases {
         let m = manifest(name);
