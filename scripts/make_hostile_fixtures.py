@@ -163,7 +163,7 @@ def images():
     out["float32_tiff"] = (b.getvalue(), "tiff")
 
     # Other containers PIL writes: GIF (palette, with and without a transparent index), BMP
-    # (24-bit, and 32-bit with alpha), WebP (lossless RGB and RGBA).
+    # (24-bit, and 32-bit with alpha), WebP (lossless RGB and RGBA, lossy).
     pal = Image.fromarray(gradient(1, 15, 60)[:, :, 0].astype(np.uint8), mode="L").convert("P")
     pal.putpalette(list(np.random.default_rng(61).integers(0, 256, 16 * 3, dtype=np.uint8)))
     for name, kw in [("gif_plain", {}), ("gif_trns", {"transparency": 3})]:
@@ -176,6 +176,7 @@ def images():
         ("bmp32", rgba, "BMP", {}),
         ("webp_rgb", rgb, "WEBP", {"lossless": True}),
         ("webp_rgba", rgba, "WEBP", {"lossless": True}),
+        ("webp_lossy", rgb, "WEBP", {"quality": 80}),
     ]:
         b = io.BytesIO()
         im.save(b, fmt, **kw)

@@ -11,7 +11,7 @@
 //! | 8-bit gray; 1, 2, 4-bit gray PNG | `L`, `1` | gray (scaled to 0-255) copied to R, G, B | identical |
 //! | 8-bit gray + alpha | `LA` | gray copied, alpha dropped | identical |
 //! | palette PNG or GIF, with or without transparency | `P` | palette looked up, transparency ignored | identical |
-//! | BMP 24 and 32-bit, lossless WebP RGB and RGBA | `RGB`, `RGBA` | as above | identical |
+//! | BMP 24 and 32-bit; WebP lossless (RGB, RGBA) and lossy | `RGB`, `RGBA` | as above | identical |
 //! | 16-bit RGB, RGBA PNG | `RGB`, `RGBA` | high byte of each sample | identical |
 //! | 16-bit gray + alpha PNG | `RGBA` | high byte of the gray | identical |
 //! | 16-bit gray PNG | `I;16` | **clipped** to 255 (PIL does not scale: mostly white) | identical |

@@ -72,6 +72,7 @@ fn lossless_modes_match_pil_convert_rgb_exactly() {
         ("bmp32", "bmp32.bmp", "RGB"),
         ("webp_rgb", "webp_rgb.webp", "RGB"),
         ("webp_rgba", "webp_rgba.webp", "RGBA"),
+        ("webp_lossy", "webp_lossy.webp", "RGB"),
     ];
     for (name, file, mode) in cases {
         let m = manifest(name);
