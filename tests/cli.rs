@@ -111,6 +111,16 @@ fn weights_that_do_not_load_exit_2() {
     let (code, _, err) = run(&[&"--weights", &garbage, &img]);
     assert_eq!(code, EXIT_USAGE);
     assert!(err.contains("garbage.safetensors"), "{err}");
+    // A labels file that is missing, and a --dump-input directory that cannot be created.
+    let (_w, weights) = tiny_weights();
+    let labels = dir.path().join("labels.txt");
+    let (code, _, err) = run(&[&"--weights", &weights, &"--labels", &labels, &img]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(err.contains("labels.txt"), "{err}");
+    let under_file = garbage.join("dump");
+    let (code, out, err) = run(&[&"--weights", &weights, &"--dump-input", &under_file, &img]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(out.is_empty() && err.contains("cannot create"), "{err}");
 }
 
 #[test]
@@ -213,6 +223,14 @@ fn an_all_good_run_exits_0() {
     assert_eq!(code, EXIT_OK, "{err}");
     assert!(err.is_empty());
     assert_eq!(out.lines().count(), 2, "{out}");
+    // --dump-input writes the model input: the tiny model's (1, 3, 8, 8) f32 after the header.
+    let dump = tempfile::tempdir().unwrap();
+    let (code, _, _) = run(&[&"--weights", &weights, &"--dump-input", &dump.path(), &img]);
+    assert_eq!(code, EXIT_OK);
+    let npy = std::fs::read(dump.path().join("palette4.npy")).unwrap();
+    assert!(npy.starts_with(b"\x93NUMPY"));
+    assert_eq!(npy.len() % 64, (3 * 8 * 8 * 4) % 64);
+    assert!(npy.len() > 3 * 8 * 8 * 4);
 }
 
 #[test]
