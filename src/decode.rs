@@ -176,10 +176,20 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             ),
         )));
     }
+    if reader_format == Some(image::ImageFormat::Png) {
+        if let Err(reason) = png_palette_ok(bytes) {
+            return Err(decode_err(image::ImageError::Decoding(
+                image::error::DecodingError::new(
+                    image::error::ImageFormatHint::Exact(image::ImageFormat::Png),
+                    reason,
+                ),
+            )));
+        }
+    }
     let mut limits = Limits::default();
     limits.max_alloc = Some(alloc_limit(options.max_pixels));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let mut decoder = guarded(origin, || reader.into_decoder()).map_err(decode_err)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(Error::UnsupportedImage {
@@ -215,10 +225,51 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
         // raw CMYK samples and convert them as PIL does.
         DynamicImage::ImageRgb8(decode_cmyk_tiff(bytes, width, height, origin)?)
     } else {
-        DynamicImage::from_decoder(decoder).map_err(decode_err)?
+        guarded(origin, || DynamicImage::from_decoder(decoder)).map_err(decode_err)?
     };
     img.apply_orientation(orientation);
     to_rgb(img, origin)
+}
+
+/// Runs a decoder step, turning a panic inside the decoder into a decoding error: a bug in a
+/// codec crate must not take down a process that serves other requests. (With
+/// `panic = "abort"` nothing can be caught; the checks before decoding still apply.)
+fn guarded<T>(origin: &str, f: impl FnOnce() -> image::ImageResult<T>) -> image::ImageResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(image::ImageError::Decoding(
+            image::error::DecodingError::new(
+                image::error::ImageFormatHint::Unknown,
+                format!("the decoder panicked on {origin}: {what}"),
+            ),
+        ))
+    })
+}
+
+/// Checks a PNG's `PLTE` chunk before decoding: its length must be a whole number of RGB
+/// entries, 1 to 256 (PNG spec 11.2.3). The `png` crate (0.18) panics on a palette of another
+/// length when it expands it (found by fuzzing). The chunks before the first `IDAT` are walked
+/// by their lengths; a layout too broken to walk is left to the decoder to reject.
+fn png_palette_ok(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 8; // after the signature
+    while let Some(head) = bytes.get(i..i + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = &head[4..8];
+        if kind == b"PLTE" && (!len.is_multiple_of(3) || len == 0 || len > 768) {
+            return Err(format!(
+                "invalid PLTE chunk: {len} bytes, not 1 to 256 RGB entries of 3 bytes"
+            ));
+        }
+        if kind == b"IDAT" || kind == b"IEND" {
+            break;
+        }
+        i = i.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 /// Whether a JPEG has an end-of-image marker after its first scan header, i.e. was not cut
@@ -262,15 +313,22 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 /// An 8 or 16-bit CMYK TIFF converted to RGB as PIL's `convert('RGB')` does:
 /// `255 - k - round((255 - k) * c / 255)`, with PIL's integer rounding (`MULDIV255`).
 fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Result<RgbImage> {
-    let tiff_err = |e: tiff::TiffError| Error::ImageDecode {
-        origin: origin.to_string(),
-        source: image::ImageError::Decoding(image::error::DecodingError::new(
+    let tiff_err = |e: tiff::TiffError| {
+        image::ImageError::Decoding(image::error::DecodingError::new(
             image::error::ImageFormatHint::Exact(image::ImageFormat::Tiff),
             e,
-        )),
+        ))
     };
-    let mut decoder = tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).map_err(tiff_err)?;
-    let samples = match decoder.read_image().map_err(tiff_err)? {
+    let decoded = guarded(origin, || {
+        let mut decoder =
+            tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).map_err(tiff_err)?;
+        decoder.read_image().map_err(tiff_err)
+    })
+    .map_err(|source| Error::ImageDecode {
+        origin: origin.to_string(),
+        source,
+    })?;
+    let samples = match decoded {
         tiff::decoder::DecodingResult::U8(v) => v,
         // PIL opens 16-bit CMYK as 8-bit CMYK, keeping each sample's high byte.
         tiff::decoder::DecodingResult::U16(v) => v.into_iter().map(hi).collect(),
@@ -375,4 +433,38 @@ fn from_samples<T: Copy>(
     // `image` buffers always hold `w * h * channels` samples, so this is always `Some`; the
     // fallback (an empty image, refused by the caller's size check) keeps this panic-free.
     RgbImage::from_raw(w, h, out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_decoder_step_becomes_a_decoding_error() {
+        let r: image::ImageResult<()> = guarded("x.png", || panic!("boom {}", 7));
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("panicked on x.png: boom 7"), "{err}");
+        let ok: image::ImageResult<u8> = guarded("x.png", || Ok(3));
+        assert_eq!(ok.unwrap(), 3);
+    }
+
+    #[test]
+    fn png_palettes_must_be_whole_rgb_entries() {
+        let png = |plte_len: u32| {
+            let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+            v.extend([0; 13 + 4]);
+            v.extend(plte_len.to_be_bytes());
+            v.extend(b"PLTE");
+            v.extend(vec![0; plte_len as usize + 4]);
+            v.extend(b"\0\0\0\0IDAT");
+            v
+        };
+        assert!(png_palette_ok(&png(48)).is_ok());
+        assert!(png_palette_ok(&png(768)).is_ok());
+        for bad in [0, 53, 769, 771] {
+            assert!(png_palette_ok(&png(bad)).is_err(), "{bad}");
+        }
+        // Too short to walk: left to the decoder.
+        assert!(png_palette_ok(b"\x89PNG\r\n\x1a\n\0\0").is_ok());
+    }
 }

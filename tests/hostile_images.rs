@@ -400,3 +400,19 @@ fn unreadable_files_are_io_errors() {
     assert!(matches!(err, Error::Io { what: "image", .. }), "{err:?}");
     assert!(err.to_string().contains("secret.png"));
 }
+
+#[test]
+fn fuzz_regression_palette_of_a_length_not_a_multiple_of_3() {
+    // Found by the decode_transforms fuzzer: a 4-bit palette PNG whose PLTE chunk is 53 bytes
+    // long, with a tRNS chunk, made the `png` crate (0.18.1) slice past the palette's end and
+    // panic (the fuzz build skips CRC checks; the fixture's CRCs are fixed, so it panicked in
+    // a normal build too). PIL refuses the file as well ("image file is truncated").
+    let bytes = read("fuzz_crash_plte_length.png");
+    match load_image_from_memory(&bytes).unwrap_err() {
+        Error::ImageDecode { origin, source } => {
+            assert_eq!(origin, "<memory>");
+            assert!(source.to_string().contains("PLTE"), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
