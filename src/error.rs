@@ -42,6 +42,31 @@ pub enum Error {
         reason: String,
     },
 
+    /// The bytes are not an image in a format this crate reads (an empty file, text, an
+    /// unknown signature): PIL's "cannot identify image file".
+    #[error("cannot identify image {origin}: {reason}")]
+    UnrecognizedImage {
+        /// The file, or `<memory>` for in-memory bytes.
+        origin: String,
+        /// What was found instead.
+        reason: String,
+    },
+
+    /// An image declares more pixels than the decode limit
+    /// ([`crate::decode::DecodeOptions::max_pixels`]); refused after reading its header, before
+    /// any pixel buffer is allocated (PIL's `DecompressionBombError`).
+    #[error("{}", too_large(origin, *width, *height, *max_pixels))]
+    ImageTooLarge {
+        /// The file, or `<memory>` for in-memory bytes.
+        origin: String,
+        /// The width the image declares.
+        width: u32,
+        /// The height the image declares.
+        height: u32,
+        /// The limit in force.
+        max_pixels: u64,
+    },
+
     /// A weights file is not a readable safetensors or `.pth` file.
     #[error("invalid weights file {}: {reason}", path.display())]
     InvalidWeights {
@@ -71,6 +96,16 @@ pub enum Error {
         path: PathBuf,
         /// One entry per offending key, sorted by key.
         problems: Vec<KeyProblem>,
+    },
+
+    /// Tensors of a weights file hold NaN or infinite values: every such tensor is listed by
+    /// key with its counts.
+    #[error("weights {} hold non-finite values ({} tensor(s)):\n{}", path.display(), tensors.len(), NonFiniteList(tensors))]
+    NonFiniteWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// One entry per offending tensor, sorted by key.
+        tensors: Vec<NonFinite>,
     },
 
     /// The vocab's length differs from the number of classes the model's head outputs.
@@ -186,6 +221,60 @@ impl fmt::Display for KeyProblem {
                 "unsupported dtype for {key}: expected {expected}, found {found}"
             ),
         }
+    }
+}
+
+/// The message of [`Error::ImageTooLarge`].
+fn too_large(origin: &str, width: u32, height: u32, max_pixels: u64) -> String {
+    let pixels = u64::from(width) * u64::from(height);
+    let why = if pixels > max_pixels {
+        format!("over the limit of {max_pixels} pixels")
+    } else {
+        format!(
+            "under the limit of {max_pixels} pixels, but its decoded samples need more memory \
+             than that limit allows (8 bytes a pixel)"
+        )
+    };
+    format!(
+        "image {origin} is {width}x{height} = {pixels} pixels, {why} (a decompression bomb?); \
+         raise DecodeOptions::max_pixels to decode it"
+    )
+}
+
+/// A tensor of a weights file that holds NaN or infinite values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFinite {
+    /// The state_dict key.
+    pub key: String,
+    /// How many elements are NaN.
+    pub nan: usize,
+    /// How many elements are +inf or -inf.
+    pub inf: usize,
+    /// The flat index of the first non-finite element.
+    pub first_index: usize,
+}
+
+impl fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} NaN, {} infinite (first at flat index {})",
+            self.key, self.nan, self.inf, self.first_index
+        )
+    }
+}
+
+struct NonFiniteList<'a>(&'a [NonFinite]);
+
+impl fmt::Display for NonFiniteList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {p}")?;
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::batch_tfms::BatchTfms;
 use crate::categorize::{Prediction, Vocab};
-use crate::decode::load_image;
+use crate::decode::{load_image_with, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::item_tfms::RandomResizedCrop;
 use crate::model::FastaiVit;
@@ -23,6 +23,7 @@ pub struct Learner {
     vocab: Vocab,
     item_tfms: RandomResizedCrop,
     batch_tfms: BatchTfms,
+    decode: DecodeOptions,
     device: Device,
 }
 
@@ -84,6 +85,7 @@ impl Learner {
             vocab,
             item_tfms: recipe.item_tfms,
             batch_tfms: recipe.batch_tfms,
+            decode: DecodeOptions::default(),
             device,
         })
     }
@@ -98,6 +100,18 @@ impl Learner {
     pub fn with_batch_tfms(mut self, batch_tfms: BatchTfms) -> Self {
         self.batch_tfms = batch_tfms;
         self
+    }
+
+    /// Replaces the options [`Learner::predict_path`] and [`Learner::predict_paths`] decode
+    /// files with (default: PIL's decompression-bomb limit, EXIF orientation ignored).
+    pub fn with_decode_options(mut self, options: DecodeOptions) -> Self {
+        self.decode = options;
+        self
+    }
+
+    /// The options files are decoded with.
+    pub fn decode_options(&self) -> &DecodeOptions {
+        &self.decode
     }
 
     /// The vocab (fastai's `dls.vocab`).
@@ -150,9 +164,10 @@ impl Learner {
             .ok_or_else(|| Error::InvalidArgument("internal: empty prediction".into()))
     }
 
-    /// Decodes an image file (as `PILImage.create` does) and predicts it.
+    /// Decodes an image file (as `PILImage.create` does, with the learner's
+    /// [`DecodeOptions`]) and predicts it.
     pub fn predict_path(&self, path: impl AsRef<Path>) -> Result<Prediction> {
-        self.predict(&load_image(path)?)
+        self.predict(&load_image_with(path, &self.decode)?)
     }
 
     /// Decodes and predicts image files, `batch_size` per forward pass (decoding and item
@@ -172,7 +187,7 @@ impl Learner {
         for chunk in paths.chunks(batch_size) {
             let images = chunk
                 .par_iter()
-                .map(load_image)
+                .map(|p| load_image_with(p, &self.decode))
                 .collect::<Result<Vec<_>>>()?;
             preds.extend(self.predict_batch(&images)?);
         }

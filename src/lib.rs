@@ -47,8 +47,10 @@ pub mod recipe;
 pub mod weights;
 
 pub use categorize::{Prediction, Ranked, Vocab};
-pub use decode::{load_image, load_image_from_memory};
-pub use error::{Error, KeyProblem, Result};
+pub use decode::{
+    load_image, load_image_from_memory, load_image_from_memory_with, load_image_with, DecodeOptions,
+};
+pub use error::{Error, KeyProblem, NonFinite, Result};
 pub use learner::Learner;
 pub use model::{Config, FastaiVit};
 pub use recipe::Recipe;

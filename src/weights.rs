@@ -7,7 +7,11 @@
 //! ([`Config::infer`]); the heads from the recipe's `arch` or the timm convention. Loading is
 //! strict: every missing key, unexpected key, shape mismatch and unusable dtype is reported
 //! together in one [`Error::WeightsMismatch`]. Float tensors may be `F32`, `F16` or `BF16`
-//! and are converted to `F32`. Safetensors files are memory-mapped.
+//! and are converted to `F32`; any other dtype (`F64`, integers, `BOOL`, FP8, ...) is a
+//! [`KeyProblem::DType`] naming the key. Every float tensor is scanned once for NaN and
+//! infinite values, reported by key in one [`Error::NonFiniteWeights`]. Safetensors files are
+//! memory-mapped; a truncated file or a header whose offsets or sizes do not fit the data is an
+//! [`Error::InvalidWeights`].
 //!
 //! The format is recognised by the file's first bytes, whatever its name: a zip archive is a
 //! `.pth` (the plain state_dict of `learn.save(..., with_opt=False)` or the
@@ -32,7 +36,7 @@ use candle_nn::VarBuilder;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::categorize::Vocab;
-use crate::error::{Error, KeyProblem, Result};
+use crate::error::{Error, KeyProblem, NonFinite, Result};
 use crate::model::{Config, FastaiVit};
 use crate::recipe::{Recipe, RECIPE_METADATA_KEY};
 
@@ -322,6 +326,7 @@ impl FastaiWeights {
         }
 
         let mut tensors = HashMap::with_capacity(expected.len());
+        let mut non_finite_tensors = Vec::new();
         for (key, _) in &expected {
             let counter = key.ends_with("num_batches_tracked");
             let target = if counter { DType::I64 } else { DType::F32 };
@@ -341,7 +346,19 @@ impl FastaiWeights {
                     })
                     .map_err(|e| st_err(path, e))?,
             };
+            if !counter {
+                if let Some(bad) = non_finite(key, &t)? {
+                    non_finite_tensors.push(bad);
+                }
+            }
             tensors.insert(key.clone(), t);
+        }
+        if !non_finite_tensors.is_empty() {
+            non_finite_tensors.sort_by(|a, b| a.key.cmp(&b.key));
+            return Err(Error::NonFiniteWeights {
+                path: path.to_path_buf(),
+                tensors: non_finite_tensors,
+            });
         }
         Ok(FastaiWeights {
             path: path.to_path_buf(),
@@ -459,6 +476,46 @@ impl FastaiWeights {
         let vb = VarBuilder::from_tensors(self.tensors.clone(), DType::F32, &device);
         Ok(FastaiVit::new(&self.config, vb)?)
     }
+}
+
+/// Counts the NaN and infinite values of an `F32` tensor: one branch-free pass over the CPU
+/// storage (no copy), and a counting pass only when something is found.
+fn non_finite(key: &str, t: &Tensor) -> Result<Option<NonFinite>> {
+    let t = t.to_device(&Device::Cpu)?;
+    let (storage, layout) = t.storage_and_layout();
+    let copied;
+    let values: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
+        _ => {
+            copied = t.flatten_all()?.to_vec1::<f32>()?;
+            &copied
+        }
+    };
+    // An f32 is NaN or infinite exactly when its exponent bits are all ones.
+    const EXP: u32 = 0x7f80_0000;
+    let any = values
+        .iter()
+        .fold(false, |acc, v| acc | (v.to_bits() & EXP == EXP));
+    if !any {
+        return Ok(None);
+    }
+    let (mut nan, mut inf, mut first) = (0, 0, None);
+    for (i, v) in values.iter().enumerate() {
+        if !v.is_finite() {
+            if v.is_nan() {
+                nan += 1;
+            } else {
+                inf += 1;
+            }
+            first.get_or_insert(i);
+        }
+    }
+    Ok(first.map(|first_index| NonFinite {
+        key: key.to_string(),
+        nan,
+        inf,
+        first_index,
+    }))
 }
 
 /// The recipe in `metadata`, or the default.

@@ -209,7 +209,7 @@ fn unreadable_images_are_typed() {
         .write_all(b"definitely not a jpeg")
         .unwrap();
     let err = load_image(&bad).unwrap_err();
-    assert!(matches!(err, Error::ImageDecode { .. }), "{err:?}");
+    assert!(matches!(err, Error::UnrecognizedImage { .. }), "{err:?}");
     assert!(err.to_string().contains("bad.jpg"));
 
     // A truncated PNG.
@@ -225,14 +225,25 @@ fn unreadable_images_are_typed() {
 }
 
 #[test]
-fn sixteen_bit_images_are_refused_as_unsupported() {
-    let img = image::DynamicImage::ImageRgb16(image::ImageBuffer::new(4, 4));
+fn sixteen_bit_images_convert_like_pil() {
+    // PIL opens a 16-bit RGB PNG as 8-bit RGB, keeping each sample's high byte
+    // (tests/hostile_images.rs checks this against Pillow's own output).
+    let img = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(4, 4, |x, y| {
+        image::Rgb([(x * 4000 + y) as u16, 0x1234, 0xFFFF])
+    }));
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )
     .unwrap();
-    let err = load_image_from_memory(&bytes).unwrap_err();
+    let rgb = load_image_from_memory(&bytes).unwrap();
+    assert_eq!(
+        rgb.get_pixel(3, 2).0,
+        [((3 * 4000 + 2) >> 8) as u8, 0x12, 0xFF]
+    );
+    // Floating-point images are still refused.
+    let f = image::DynamicImage::ImageRgb32F(image::ImageBuffer::new(4, 4));
+    let err = fastai_infer::decode::to_rgb(f, "<test>").unwrap_err();
     assert!(matches!(err, Error::UnsupportedImage { .. }), "{err:?}");
 }

@@ -335,7 +335,11 @@ async fn a_bad_image_is_a_400_with_a_json_error() {
     let (ctype, body) = multipart("image", Some("x.png"), b"garbage");
     let resp = request(addr, "POST", "/predict", &[("Content-Type", &ctype)], &body).await;
     assert_eq!(resp.status, 400);
-    assert!(resp.error().contains("decode"), "{}", resp.error());
+    assert!(
+        resp.error().contains("cannot identify image"),
+        "{}",
+        resp.error()
+    );
     let resp = request(
         addr,
         "POST",

@@ -370,9 +370,10 @@ fn classify(
         }
     }
     let image = load_image_from_memory(bytes).map_err(|e| match e {
-        Error::ImageDecode { .. } | Error::UnsupportedImage { .. } => {
-            ApiError(StatusCode::BAD_REQUEST, e.to_string())
-        }
+        Error::ImageDecode { .. }
+        | Error::UnsupportedImage { .. }
+        | Error::UnrecognizedImage { .. }
+        | Error::ImageTooLarge { .. } => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
         other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     })?;
     let pred = learner.predict(&image).map_err(|e| match e {
