@@ -90,7 +90,7 @@ pub enum Error {
 
     /// A weights file's tensors do not match the model: every missing key, unexpected key
     /// and shape mismatch is listed.
-    #[error("weights {} do not match a fastai ViT vision_learner ({} problem(s)):\n{}", path.display(), problems.len(), KeyProblems(problems))]
+    #[error("weights {} do not match a fastai ViT vision_learner ({} problem(s)):\n{}", path.display(), problems.len(), Bullets(problems))]
     WeightsMismatch {
         /// The weights file.
         path: PathBuf,
@@ -100,7 +100,7 @@ pub enum Error {
 
     /// Tensors of a weights file hold NaN or infinite values: every such tensor is listed by
     /// key with its counts.
-    #[error("weights {} hold non-finite values ({} tensor(s)):\n{}", path.display(), tensors.len(), NonFiniteList(tensors))]
+    #[error("weights {} hold non-finite values ({} tensor(s)):\n{}", path.display(), tensors.len(), Bullets(tensors))]
     NonFiniteWeights {
         /// The weights file.
         path: PathBuf,
@@ -264,24 +264,10 @@ impl fmt::Display for NonFinite {
     }
 }
 
-struct NonFiniteList<'a>(&'a [NonFinite]);
+/// Formats a list one item per line, as `  - item`.
+struct Bullets<'a, T>(&'a [T]);
 
-impl fmt::Display for NonFiniteList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "  - {p}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Formats a list of problems one per line.
-struct KeyProblems<'a>(&'a [KeyProblem]);
-
-impl fmt::Display for KeyProblems<'_> {
+impl<T: fmt::Display> fmt::Display for Bullets<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.0.iter().enumerate() {
             if i > 0 {
