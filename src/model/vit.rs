@@ -17,7 +17,7 @@ use super::Config;
 pub struct Linear {
     pub(crate) weight_t: Tensor,
     pub(crate) bias: Option<Tensor>,
-    /// The weight packed for the CPU fast path's kernel (CPU, f32, AVX-512 only).
+    /// The weight packed for the CPU fast path's kernels (CPU, f32, AVX2 + FMA or AVX-512).
     pub(crate) packed: Option<PackedB>,
 }
 

@@ -1,11 +1,13 @@
-//! Linear-layer weights packed once at load time into 32-column panels, and an AVX-512
-//! microkernel that multiplies by them directly.
+//! Linear-layer weights packed once at load time into 32-column panels, and AVX-512 and
+//! AVX2 + FMA microkernels that multiply by them directly.
 //!
 //! A general GEMM (the `gemm` crate, candle's) repacks the weight matrix on every call; at
 //! batch 1 each transformer block's four weight matrices are repacked on every thread, about a
-//! tenth of the forward pass. Packing once, as ONNX Runtime does, removes that. The kernel keeps
-//! a 6 x 32 block of outputs in twelve AVX-512 registers and streams one 32-wide row of the
-//! panel per step of the reduction.
+//! tenth of the forward pass. Packing once, as ONNX Runtime does, removes that. The AVX-512
+//! kernel keeps a 6 x 32 block of outputs in twelve registers and streams one 32-wide row of
+//! the panel per step of the reduction; the AVX2 kernel (16 registers of 8 lanes) does the same
+//! for each 16-column half of a panel. Both sum each output in the order of the reduction with
+//! one fused multiply-add per step, so they give the same bits.
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ pub(crate) struct PackedB {
 
 impl PackedB {
     /// Packs `b` (`k x n`, row-major), or `None` when `n` is not a multiple of 32 or this CPU
-    /// lacks AVX-512 (callers then use the general matmul).
+    /// lacks AVX2 + FMA (callers then use the general matmul).
     pub(crate) fn new(b: &[f32], k: usize, n: usize) -> Option<Self> {
         if n == 0 || k == 0 || !n.is_multiple_of(NR) || b.len() != k * n || !available() {
             return None;
@@ -103,9 +105,9 @@ pub(crate) fn pack_rows(
     }
 }
 
-/// Whether the packed kernel can run (AVX-512, see [`super::kernels::simd`]).
+/// Whether a packed kernel can run (AVX-512, or AVX2 + FMA; see [`super::kernels::simd`]).
 pub(crate) fn available() -> bool {
-    super::kernels::has_avx512()
+    super::kernels::has_avx2()
 }
 
 /// `dst = lhs · B` (or `dst += lhs · B` when `accumulate`) for `m` rows: `lhs` rows are
@@ -138,13 +140,21 @@ pub(crate) fn matmul_packed(
         b.n.is_multiple_of(NR) && b.data.len() >= b.k * b.n,
         "matmul_packed: packed"
     );
-    assert!(available(), "matmul_packed: no AVX-512");
+    assert!(available(), "matmul_packed: no AVX2 + FMA");
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: AVX-512F is present (asserted above), and the asserts above prove every row
-        // the kernel reads or writes lies inside its slice.
-        unsafe {
-            avx512::matmul(m, lhs, lhs_row_stride, b, dst, dst_row_stride, accumulate);
+        if super::kernels::has_avx512() {
+            // SAFETY: AVX-512F is present (checked just above), and the asserts above prove
+            // every row the kernel reads or writes lies inside its slice.
+            unsafe {
+                avx512::matmul(m, lhs, lhs_row_stride, b, dst, dst_row_stride, accumulate);
+            }
+        } else {
+            // SAFETY: AVX2 and FMA are present (`available`, asserted above), and the asserts
+            // above prove every row the kernel reads or writes lies inside its slice.
+            unsafe {
+                avx2::matmul(m, lhs, lhs_row_stride, b, dst, dst_row_stride, accumulate);
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -230,6 +240,90 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{PackedRef, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Columns per AVX2 block: half a panel, two registers of 8 lanes.
+    const HALF: usize = NR / 2;
+
+    /// See [`super::matmul_packed`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the slices must hold the matrices (checked by the
+    /// caller).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn matmul(
+        m: usize,
+        lhs: &[f32],
+        lda: usize,
+        b: PackedRef<'_>,
+        dst: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (k, n) = (b.k, b.n);
+        let a = lhs.as_ptr();
+        let c = dst.as_mut_ptr();
+        for p in 0..n / NR {
+            let panel = b.data.as_ptr().add(p * k * NR);
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(MR);
+                let ai = a.add(i * lda);
+                for half in 0..2 {
+                    let bh = panel.add(half * HALF);
+                    let ci = c.add(i * ldc + p * NR + half * HALF);
+                    match rows {
+                        6 => block::<6>(k, ai, lda, bh, ci, ldc, accumulate),
+                        5 => block::<5>(k, ai, lda, bh, ci, ldc, accumulate),
+                        4 => block::<4>(k, ai, lda, bh, ci, ldc, accumulate),
+                        3 => block::<3>(k, ai, lda, bh, ci, ldc, accumulate),
+                        2 => block::<2>(k, ai, lda, bh, ci, ldc, accumulate),
+                        _ => block::<1>(k, ai, lda, bh, ci, ldc, accumulate),
+                    }
+                }
+                i += rows;
+            }
+        }
+    }
+
+    /// `R` rows x 16 columns of output (`b` points at a panel's first row, offset to the
+    /// half), the whole reduction in twelve registers at most.
+    #[inline(always)]
+    unsafe fn block<const R: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for kk in 0..k {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*a.add(r * lda + kk));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let cr = c.add(r * ldc);
+            let (mut v0, mut v1) = (acc[0], acc[1]);
+            if accumulate {
+                v0 = _mm256_add_ps(_mm256_loadu_ps(cr), v0);
+                v1 = _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), v1);
+            }
+            _mm256_storeu_ps(cr, v0);
+            _mm256_storeu_ps(cr.add(8), v1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,7 +335,7 @@ mod tests {
             .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
             .collect();
         let Some(packed) = PackedB::new(&b, k, n) else {
-            eprintln!("no AVX-512 here: packed kernel not exercised");
+            eprintln!("no AVX2 + FMA here: packed kernel not exercised");
             return;
         };
         for m in [1, 5, 6, 7, 13] {
@@ -297,5 +391,32 @@ mod tests {
             .collect();
         pack_rows(&wide, (k, n), n + 3, &mut buf);
         assert_eq!(&buf[..], &packed.data[..]);
+    }
+
+    /// The AVX2 and AVX-512 kernels sum in the same order with the same fused operations, so
+    /// a CPU's choice of kernel does not change the model's output bits.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_and_avx512_kernels_agree_bitwise() {
+        if !crate::model::cpu::kernels::has_avx512() {
+            eprintln!("no AVX-512 here: only the AVX2 kernel is exercised");
+            return;
+        }
+        let (k, n, m) = (45, 96, 11);
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 13) % 29) as f32 / 7.0 - 2.0)
+            .collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 5) % 23) as f32 / 3.0 - 3.5)
+            .collect();
+        let packed = PackedB::new(&b, k, n).expect("AVX-512 present");
+        let mut c512 = vec![0.25f32; m * n];
+        let mut c2 = c512.clone();
+        // SAFETY: AVX-512 implies AVX2 + FMA here (`simd`), and the shapes fit the slices.
+        unsafe {
+            avx512::matmul(m, &a, k, packed.view(), &mut c512, n, true);
+            avx2::matmul(m, &a, k, packed.view(), &mut c2, n, true);
+        }
+        assert_eq!(c512, c2);
     }
 }
