@@ -9,7 +9,8 @@
 //! row's keys and values, so each block's `qkv` output goes to a second buffer while the
 //! current one is still being read. Within a chunk, rows are processed in tiles so the MLP's
 //! hidden activations stay in cache. Attention reads `q`, `k` and `v` straight out of the
-//! `qkv` rows through strides, with no split, permute or copy.
+//! `qkv` rows through strides, with no split, permute or copy. The last block runs for the
+//! class tokens only, the one row per image the pooled output reads.
 
 pub(crate) mod kernels;
 mod matmul;
@@ -395,6 +396,14 @@ fn run(
         }
         let cur: &[f32] = qkv_cur;
         let next_blk = blocks.get(i + 1);
+        if next_blk.is_none() {
+            // The last block: only the class tokens reach the output (timm's token pooling
+            // reads `x[:, 0]` after the final norm), and every row is computed independently
+            // of the others given the keys and values, so the other rows' attention and MLP
+            // are skipped. Their keys and values, already in `cur`, are all read.
+            last_block_class_tokens(x, cur, scratch, batch, dm, blk);
+            break;
+        }
         for_each_tile(
             x,
             qkv_next,
@@ -419,6 +428,31 @@ fn run(
         layer_norm_rows(cls, o, final_norm.0, final_norm.1, dm.eps);
     }
     out
+}
+
+/// The last block for the class token (row 0) of each image only, the images split across
+/// threads.
+fn last_block_class_tokens(
+    x: &mut [f32],
+    qkv: &[f32],
+    scratch: &mut [Scratch],
+    batch: usize,
+    dm: &Dims,
+    blk: &BlockW,
+) {
+    let Dims { d, n, .. } = *dm;
+    let per_group = batch.div_ceil(scratch.len().max(1));
+    x.par_chunks_mut(per_group * n * d)
+        .zip(scratch.par_iter_mut())
+        .enumerate()
+        .for_each(|(gi, (xg, sc))| {
+            for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
+                let row0 = (gi * per_group + j) * n;
+                let cls = &mut image[..d];
+                attention_tile(qkv, row0, cls, sc, dm, blk);
+                mlp_tile(cls, sc, dm, blk);
+            }
+        });
 }
 
 /// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on every tile, one chunk per thread.
