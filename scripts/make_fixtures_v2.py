@@ -20,7 +20,12 @@ Subcommands (each can be run alone):
                 from learn.predict(path).
   pth           rebuild the shipped vit_tiny learner (make_fixtures.load_learner_from_fixture) and
                 write fastai .pth files to tests/fixtures/pth/ (see tests/fixtures/pth/README.md).
-  all           small, then pth.
+  gelu          tests/fixtures/stages/gelu.safetensors: `x` (f32: the grid -10..10 in steps of
+                1/1000, then 60,000 draws of N(0, 2.5²) from torch.manual_seed(0)) and
+                `gelu` = torch.nn.functional.gelu(x) on the CPU, as timm's nn.GELU() computes
+                inside fastai's model; the metadata records torch's CPU capability (the
+                vectorized kernel it ran: AVX2 or AVX512 use the same arithmetic).
+  all           small, then pth, then gelu.
 
 Training on CPU is not bit-reproducible across machines and library versions; everything
 downstream of the committed model.safetensors (goldens, recipe) and every .pth file is.
@@ -245,11 +250,26 @@ def pth():
     return rows
 
 
+def gelu():
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    grid = torch.arange(-10_000, 10_001, dtype=torch.float64) / 1000
+    x = torch.cat([grid.float(), torch.randn(60_000) * 2.5]).contiguous()
+    g = torch.nn.functional.gelu(x)
+    out = mf.STAGES / "gelu.safetensors"
+    cap = torch.backends.cpu.get_cpu_capability()
+    save_file({"x": x, "gelu": g}, str(out),
+              metadata={"torch": torch.__version__, "cpu_capability": cap})
+    print(f"  wrote {out} ({x.numel()} values, torch {torch.__version__}, CPU capability {cap})")
+
+
 def main():
     steps = sys.argv[1:] or ["all"]
     if steps == ["all"]:
-        steps = ["small", "pth"]
-    table = {"small": small, "small-golden": small_golden, "pth": pth}
+        steps = ["small", "pth", "gelu"]
+    table = {"small": small, "small-golden": small_golden, "pth": pth, "gelu": gelu}
     for s in steps:
         if s not in table:
             sys.exit(f"unknown step {s!r}; steps: {', '.join(table)}, all")
