@@ -19,7 +19,10 @@ What it measures (every runtime limited to the machine's cores, 2 here):
 
 The crate is timed through `cargo run --release --example bench -- --json`, first before this
 process loads torch or ONNX Runtime (whose idle worker threads could spin beside it), then in
-rounds alternating with the peers' forward passes; each figure is the median over the rounds.
+rounds alternating with the peers: each round times every figure of the crate, then every
+figure of the peers (forward passes, end to end, transforms, the directory), and each figure is
+the median over the rounds, so that a slow spell of a shared machine does not land on one side
+only. The per-round figures are kept in the JSON output under "rounds".
 """
 import argparse
 import json
@@ -136,7 +139,7 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="alternating rounds of the crate and the peers' forward passes")
+                    help="alternating rounds of the crate and the peers")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds to wait after building, before timing")
     ap.add_argument("image", nargs="?", default=str(IMAGES / "grace_hopper.jpg"))
@@ -151,24 +154,21 @@ def main():
     time.sleep(args.settle)
     rounds = []
 
-    def crate_round(extra_dir=False):
+    def crate_round():
         c = {}
         b1 = crate_bench(1, args.iters, args.image)
         c["rust_e2e"] = b1["end_to_end_ms"]
         c["rust_transforms"] = b1["transforms_ms"]
         c["rust_fwd_b1"] = b1["forward_ms"]
         c["rust_fwd_b8"] = crate_bench(8, args.iters, args.image)["forward_ms"]
-        b32 = crate_bench(32, max(5, args.iters // 2), args.image,
-                          ["--dir", str(dir200)] if extra_dir else [])
+        b32 = crate_bench(32, max(5, args.iters // 2), args.image, ["--dir", str(dir200)])
         c["rust_fwd_b32"] = b32["forward_ms"]
-        if extra_dir:
-            c["rust_dir200_images_per_s"] = b32["dir_images_per_s"]
+        c["rust_dir200_images_per_s"] = b32["dir_images_per_s"]
         return c, b1
 
-    first, b1 = crate_round(extra_dir=True)
+    first, b1 = crate_round()
     r["rust_cold_start_ms"] = b1["cold_start_ms"]
     r["rust_peak_rss_mb"] = b1["peak_rss_mb"]
-    r["rust_dir200_images_per_s"] = first.pop("rust_dir200_images_per_s")
 
     # --- the Python peers --------------------------------------------------------------------
     import numpy as np
@@ -188,6 +188,19 @@ def main():
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(ONNX_PATH), so, providers=["CPUExecutionProvider"])
 
+    pre = lesson_preprocess()
+    decoded = Image.open(args.image).convert("RGB")
+    files = sorted(dir200.iterdir())
+
+    def pure_torch(path):
+        with torch.no_grad():
+            return torch.softmax(model(pre(path)), -1)
+
+    def ort_dir():
+        for i in range(0, len(files), 32):
+            x = torch.cat([pre(f) for f in files[i:i + 32]]).numpy()
+            sess.run(None, {"x": x})
+
     def peer_round():
         p = {}
         for n in (1, 8, 32):
@@ -197,6 +210,12 @@ def main():
             with torch.no_grad():
                 p[f"torch_fwd_b{n}"] = median_ms(lambda: model(x), it)
             p[f"ort_fwd_b{n}"] = median_ms(lambda: sess.run(None, {"x": xn}), it)
+        p["torch_pipeline_e2e"] = median_ms(lambda: pure_torch(args.image), args.iters)
+        p["torch_transforms"] = median_ms(lambda: pre(decoded), args.iters)
+        with learn.no_bar(), learn.no_logging():
+            p["fastai_predict_e2e"] = median_ms(lambda: learn.predict(args.image), args.iters)
+        ms = median_ms(ort_dir, 3, warmup=1)
+        p["ort_pil_dir200_images_per_s"] = len(files) / (ms / 1e3)
         return p
 
     # Alternate the crate and the peers, then take each figure's median over the rounds, so
@@ -207,28 +226,7 @@ def main():
         rounds.append({**c, **peer_round()})
     for k in rounds[0]:
         r[k] = statistics.median(rd[k] for rd in rounds)
-
-    pre = lesson_preprocess()
-
-    def pure_torch(path):
-        with torch.no_grad():
-            return torch.softmax(model(pre(path)), -1)
-
-    r["torch_pipeline_e2e"] = median_ms(lambda: pure_torch(args.image), args.iters)
-    decoded = Image.open(args.image).convert("RGB")
-    r["torch_transforms"] = median_ms(lambda: pre(decoded), args.iters)
-    with learn.no_bar(), learn.no_logging():
-        r["fastai_predict_e2e"] = median_ms(lambda: learn.predict(args.image), args.iters)
-
-    files = sorted(dir200.iterdir())
-
-    def ort_dir():
-        for i in range(0, len(files), 32):
-            x = torch.cat([pre(f) for f in files[i:i + 32]]).numpy()
-            sess.run(None, {"x": x})
-
-    ms = median_ms(ort_dir, 3, warmup=1)
-    r["ort_pil_dir200_images_per_s"] = len(files) / (ms / 1e3)
+    r["rounds"] = rounds
 
     for kind in ("torch", "ort"):
         out = subprocess.run([sys.executable, "-c", COLD, kind, str(ROOT), args.image, str(threads)],
@@ -242,7 +240,8 @@ def main():
     print(f"image: {args.image}, threads: {threads}, iters: {args.iters}, rounds: {args.rounds}")
     print(f"{'what':34s} {'value':>9s}")
     for k, v in r.items():
-        print(f"{k:34s} {v:9.2f}")
+        if k != "rounds":
+            print(f"{k:34s} {v:9.2f}")
     print("ratios (the crate's time / the peer's; below 1 is faster):")
     for n in (1, 8, 32):
         print(f"  forward b{n}: vs ONNX Runtime {r[f'rust_fwd_b{n}'] / r[f'ort_fwd_b{n}']:.2f}x,"
