@@ -572,6 +572,7 @@ fn attention_tile(
     let t = xt.len() / d;
     let scale = 1.0 / (hd as f32).sqrt();
     let packed = packed::available() && hd.is_multiple_of(packed::NR);
+    let layout = packed::Layout::preferred();
     let mut r = 0;
     while r < t {
         let g = row0 + r;
@@ -586,9 +587,9 @@ fn attention_tile(
                 sc.values.resize_with(heads, Vec::new);
                 for h in 0..heads {
                     let k_src = &qkv[img_base + d + h * hd..];
-                    pack_transposed(k_src, (hd, n), 3 * d, scale, &mut sc.keys[h]);
+                    pack_transposed(k_src, (hd, n), 3 * d, scale, layout, &mut sc.keys[h]);
                     let v_src = &qkv[img_base + 2 * d + h * hd..];
-                    pack_rows(v_src, (n, hd), 3 * d, &mut sc.values[h]);
+                    pack_rows(v_src, (n, hd), 3 * d, layout, &mut sc.values[h]);
                 }
                 sc.kv_image = Some(b);
             }
@@ -597,6 +598,7 @@ fn attention_tile(
                 let keys = PackedRef {
                     k: hd,
                     n: np,
+                    layout,
                     data: &sc.keys[h],
                 };
                 let scores = &mut sc.scores[..seg * np];
@@ -613,6 +615,7 @@ fn attention_tile(
                 let values = PackedRef {
                     k: n,
                     n: hd,
+                    layout,
                     data: &sc.values[h],
                 };
                 matmul_packed(

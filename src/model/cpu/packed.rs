@@ -6,8 +6,9 @@
 //! tenth of the forward pass. Packing once, as ONNX Runtime does, removes that. The AVX-512
 //! kernel keeps a 6 x 32 block of outputs in twelve registers and streams one 32-wide row of
 //! the panel per step of the reduction; the AVX2 kernel (16 registers of 8 lanes) does the same
-//! for each 16-column half of a panel. Both sum each output in the order of the reduction with
-//! one fused multiply-add per step, so they give the same bits.
+//! for each 16-column half of a panel, which the AVX2 [`Layout`] stores as its own contiguous
+//! block. Both sum each output in the order of the reduction with one fused multiply-add per
+//! step, so they give the same bits.
 
 use std::sync::Arc;
 
@@ -16,12 +17,48 @@ pub(crate) const NR: usize = 32;
 /// Rows per microkernel call.
 const MR: usize = 6;
 
-/// A `k x n` row-major matrix (a transposed `nn.Linear` weight) stored as `n / 32` panels,
-/// each `k` rows of 32 contiguous values.
+/// How a panel's 32 columns are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `k` rows of 32 values: what the AVX-512 kernel streams.
+    Rows32,
+    /// Two blocks of `k` rows of 16 values (columns 0-15, then 16-31): each step of the AVX2
+    /// kernel reads one whole cache line, and a half-panel is contiguous.
+    Halves16,
+}
+
+impl Layout {
+    /// The layout of the kernel this CPU runs.
+    pub(crate) fn preferred() -> Self {
+        if super::kernels::has_avx512() {
+            Layout::Rows32
+        } else {
+            Layout::Halves16
+        }
+    }
+
+    /// Values per stored row.
+    fn width(self) -> usize {
+        match self {
+            Layout::Rows32 => NR,
+            Layout::Halves16 => NR / 2,
+        }
+    }
+
+    /// Where element `(kk, j)` of a packed `k`-row matrix lives.
+    fn index(self, k: usize, kk: usize, j: usize) -> usize {
+        let w = self.width();
+        (j / NR) * k * NR + (j % NR / w) * k * w + kk * w + j % w
+    }
+}
+
+/// A `k x n` row-major matrix (a transposed `nn.Linear` weight) stored as `n / 32` panels of
+/// `k x 32` values each, laid out as [`Layout`] says.
 #[derive(Clone, Debug)]
 pub(crate) struct PackedB {
     k: usize,
     n: usize,
+    layout: Layout,
     data: Arc<[f32]>,
 }
 
@@ -29,18 +66,24 @@ impl PackedB {
     /// Packs `b` (`k x n`, row-major), or `None` when `n` is not a multiple of 32 or this CPU
     /// lacks AVX2 + FMA (callers then use the general matmul).
     pub(crate) fn new(b: &[f32], k: usize, n: usize) -> Option<Self> {
+        Self::with_layout(b, k, n, Layout::preferred())
+    }
+
+    /// [`Self::new`] in a given layout.
+    pub(crate) fn with_layout(b: &[f32], k: usize, n: usize, layout: Layout) -> Option<Self> {
         if n == 0 || k == 0 || !n.is_multiple_of(NR) || b.len() != k * n || !available() {
             return None;
         }
-        let mut data = Vec::with_capacity(k * n);
-        for p in 0..n / NR {
-            for row in b.chunks_exact(n) {
-                data.extend_from_slice(&row[p * NR..(p + 1) * NR]);
+        let mut data = vec![0f32; k * n];
+        for (kk, row) in b.chunks_exact(n).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                data[layout.index(k, kk, j)] = v;
             }
         }
         Some(PackedB {
             k,
             n,
+            layout,
             data: data.into(),
         })
     }
@@ -50,6 +93,7 @@ impl PackedB {
         PackedRef {
             k: self.k,
             n: self.n,
+            layout: self.layout,
             data: &self.data,
         }
     }
@@ -60,6 +104,7 @@ impl PackedB {
 pub(crate) struct PackedRef<'a> {
     pub k: usize,
     pub n: usize,
+    pub layout: Layout,
     pub data: &'a [f32],
 }
 
@@ -71,15 +116,18 @@ pub(crate) fn pack_transposed(
     (k, n): (usize, usize),
     row_stride: usize,
     scale: f32,
+    layout: Layout,
     out: &mut Vec<f32>,
 ) -> usize {
     let padded = n.div_ceil(NR) * NR;
     out.clear();
     out.resize(k * padded, 0.0);
+    let w = layout.width();
     for j in 0..n {
         let row = &src[j * row_stride..j * row_stride + k];
-        let panel = &mut out[(j / NR) * k * NR..(j / NR + 1) * k * NR];
-        for (dst, &v) in panel[j % NR..].iter_mut().step_by(NR).zip(row) {
+        // Column j's first element; the next rows follow `w` apart.
+        let column = &mut out[layout.index(k, 0, j)..];
+        for (dst, &v) in column.iter_mut().step_by(w).zip(row) {
             *dst = v * scale;
         }
     }
@@ -92,15 +140,19 @@ pub(crate) fn pack_rows(
     src: &[f32],
     (k, n): (usize, usize),
     row_stride: usize,
+    layout: Layout,
     out: &mut Vec<f32>,
 ) {
     debug_assert!(n.is_multiple_of(NR));
     out.clear();
     out.resize(k * n, 0.0);
-    for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
-        for (i, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            let start = i * row_stride + p * NR;
-            dst.copy_from_slice(&src[start..start + NR]);
+    let w = layout.width();
+    // Each stored block is `k` rows of `w` values from columns `c0..c0 + w`.
+    for (b, block) in out.chunks_exact_mut(k * w).enumerate() {
+        let c0 = b * w;
+        for (i, dst) in block.chunks_exact_mut(w).enumerate() {
+            let start = i * row_stride + c0;
+            dst.copy_from_slice(&src[start..start + w]);
         }
     }
 }
@@ -143,7 +195,7 @@ pub(crate) fn matmul_packed(
     assert!(available(), "matmul_packed: no AVX2 + FMA");
     #[cfg(target_arch = "x86_64")]
     {
-        if super::kernels::has_avx512() {
+        if super::kernels::has_avx512() && b.layout == Layout::Rows32 {
             // SAFETY: AVX-512F is present (checked just above), and the asserts above prove
             // every row the kernel reads or writes lies inside its slice.
             unsafe {
@@ -242,7 +294,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PackedRef, MR, NR};
+    use super::{Layout, PackedRef, MR, NR};
     use std::arch::x86_64::*;
 
     /// Columns per AVX2 block: half a panel, two registers of 8 lanes.
@@ -264,6 +316,11 @@ mod avx2 {
         accumulate: bool,
     ) {
         let (k, n) = (b.k, b.n);
+        // Where the second half of a panel starts, and the distance between its rows.
+        let (half_at, bs) = match b.layout {
+            Layout::Rows32 => (HALF, NR),
+            Layout::Halves16 => (k * HALF, HALF),
+        };
         let a = lhs.as_ptr();
         let c = dst.as_mut_ptr();
         for p in 0..n / NR {
@@ -273,7 +330,7 @@ mod avx2 {
                 let rows = (m - i).min(MR);
                 let ai = a.add(i * lda);
                 for half in 0..2 {
-                    let bh = panel.add(half * HALF);
+                    let bh = (panel.add(half * half_at), bs);
                     let ci = c.add(i * ldc + p * NR + half * HALF);
                     match rows {
                         6 => block::<6>(k, ai, lda, bh, ci, ldc, accumulate),
@@ -289,22 +346,22 @@ mod avx2 {
         }
     }
 
-    /// `R` rows x 16 columns of output (`b` points at a panel's first row, offset to the
-    /// half), the whole reduction in twelve registers at most.
+    /// `R` rows x 16 columns of output (`b` points at the half-panel's first row, whose rows
+    /// are `bs` apart), the whole reduction in twelve registers at most.
     #[inline(always)]
     unsafe fn block<const R: usize>(
         k: usize,
         a: *const f32,
         lda: usize,
-        b: *const f32,
+        (b, bs): (*const f32, usize),
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for kk in 0..k {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            let b0 = _mm256_loadu_ps(b.add(kk * bs));
+            let b1 = _mm256_loadu_ps(b.add(kk * bs + 8));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm256_set1_ps(*a.add(r * lda + kk));
                 acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
@@ -328,80 +385,88 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    const LAYOUTS: [Layout; 2] = [Layout::Rows32, Layout::Halves16];
+
     #[test]
     fn packed_product_matches_naive() {
         let (k, n) = (37, 64);
         let b: Vec<f32> = (0..k * n)
             .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
             .collect();
-        let Some(packed) = PackedB::new(&b, k, n) else {
-            eprintln!("no AVX2 + FMA here: packed kernel not exercised");
-            return;
-        };
-        for m in [1, 5, 6, 7, 13] {
-            let lda = k + 3;
-            let a: Vec<f32> = (0..m * lda)
-                .map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0)
-                .collect();
-            let ldc = n + 5;
-            let mut c = vec![0.5f32; m * ldc];
-            matmul_packed(m, &a, lda, packed.view(), &mut c, ldc, true);
-            for i in 0..m {
-                for j in 0..n {
-                    let s: f64 = (0..k)
-                        .map(|p| f64::from(a[i * lda + p]) * f64::from(b[p * n + j]))
-                        .sum();
-                    let got = f64::from(c[i * ldc + j]);
-                    assert!((got - (0.5 + s)).abs() < 1e-4, "m={m} ({i}, {j})");
+        for layout in LAYOUTS {
+            let Some(packed) = PackedB::with_layout(&b, k, n, layout) else {
+                eprintln!("no AVX2 + FMA here: packed kernel not exercised");
+                return;
+            };
+            for m in [1, 5, 6, 7, 13] {
+                let lda = k + 3;
+                let a: Vec<f32> = (0..m * lda)
+                    .map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0)
+                    .collect();
+                let ldc = n + 5;
+                let mut c = vec![0.5f32; m * ldc];
+                matmul_packed(m, &a, lda, packed.view(), &mut c, ldc, true);
+                for i in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k)
+                            .map(|p| f64::from(a[i * lda + p]) * f64::from(b[p * n + j]))
+                            .sum();
+                        let got = f64::from(c[i * ldc + j]);
+                        assert!(
+                            (got - (0.5 + s)).abs() < 1e-4,
+                            "{layout:?} m={m} ({i}, {j})"
+                        );
+                    }
+                    assert_eq!(c[i * ldc + n], 0.5, "padding column untouched");
                 }
-                assert_eq!(c[i * ldc + n], 0.5, "padding column untouched");
             }
-        }
-        assert!(PackedB::new(&b[..k * 48], k, 48).is_none());
+            assert!(PackedB::with_layout(&b[..k * 48], k, 48, layout).is_none());
 
-        // The same matrix packed from its transpose (rows of k), scaled, 5 columns short.
-        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        let mut buf = Vec::new();
-        let padded = pack_transposed(&bt, (k, n - 5), k, 2.0, &mut buf);
-        assert_eq!(padded, n);
-        let view = PackedRef {
-            k,
-            n: padded,
-            data: &buf,
-        };
-        let a: Vec<f32> = (0..3 * k).map(|i| (i % 5) as f32 - 2.0).collect();
-        let mut c = vec![0f32; 3 * n];
-        matmul_packed(3, &a, k, view, &mut c, n, false);
-        for i in 0..3 {
-            for j in 0..n {
-                let s: f32 = if j < n - 5 {
-                    (0..k).map(|p| a[i * k + p] * b[p * n + j] * 2.0).sum()
-                } else {
-                    0.0
-                };
-                assert!((c[i * n + j] - s).abs() < 1e-3, "transposed ({i}, {j})");
+            // The same matrix packed from its transpose (rows of k), scaled, 5 columns short.
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let mut buf = Vec::new();
+            let padded = pack_transposed(&bt, (k, n - 5), k, 2.0, layout, &mut buf);
+            assert_eq!(padded, n);
+            let view = PackedRef {
+                k,
+                n: padded,
+                layout,
+                data: &buf,
+            };
+            let a: Vec<f32> = (0..3 * k).map(|i| (i % 5) as f32 - 2.0).collect();
+            let mut c = vec![0f32; 3 * n];
+            matmul_packed(3, &a, k, view, &mut c, n, false);
+            for i in 0..3 {
+                for j in 0..n {
+                    let s: f32 = if j < n - 5 {
+                        (0..k).map(|p| a[i * k + p] * b[p * n + j] * 2.0).sum()
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        (c[i * n + j] - s).abs() < 1e-3,
+                        "{layout:?} transposed ({i}, {j})"
+                    );
+                }
             }
+            // And from rows with a stride: the same bytes as packing the weight.
+            let mut buf = Vec::new();
+            let wide: Vec<f32> = b
+                .chunks(n)
+                .flat_map(|r| r.iter().chain([9.0; 3].iter()))
+                .copied()
+                .collect();
+            pack_rows(&wide, (k, n), n + 3, layout, &mut buf);
+            assert_eq!(&buf[..], &packed.data[..], "{layout:?}");
         }
-        // And from rows with a stride.
-        let mut buf = Vec::new();
-        let wide: Vec<f32> = b
-            .chunks(n)
-            .flat_map(|r| r.iter().chain([9.0; 3].iter()))
-            .copied()
-            .collect();
-        pack_rows(&wide, (k, n), n + 3, &mut buf);
-        assert_eq!(&buf[..], &packed.data[..]);
     }
 
-    /// The AVX2 and AVX-512 kernels sum in the same order with the same fused operations, so
-    /// a CPU's choice of kernel does not change the model's output bits.
+    /// Every kernel and layout sums in the same order with the same fused operations, so a
+    /// CPU's choice of kernel does not change the model's output bits: the AVX2 kernel on both
+    /// layouts, and the AVX-512 kernel where the CPU has it.
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx2_and_avx512_kernels_agree_bitwise() {
-        if !crate::model::cpu::kernels::has_avx512() {
-            eprintln!("no AVX-512 here: only the AVX2 kernel is exercised");
-            return;
-        }
+    fn kernels_and_layouts_agree_bitwise() {
         let (k, n, m) = (45, 96, 11);
         let b: Vec<f32> = (0..k * n)
             .map(|i| ((i * 13) % 29) as f32 / 7.0 - 2.0)
@@ -409,14 +474,26 @@ mod tests {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 5) % 23) as f32 / 3.0 - 3.5)
             .collect();
-        let packed = PackedB::new(&b, k, n).expect("AVX-512 present");
-        let mut c512 = vec![0.25f32; m * n];
-        let mut c2 = c512.clone();
-        // SAFETY: AVX-512 implies AVX2 + FMA here (`simd`), and the shapes fit the slices.
-        unsafe {
-            avx512::matmul(m, &a, k, packed.view(), &mut c512, n, true);
-            avx2::matmul(m, &a, k, packed.view(), &mut c2, n, true);
+        let Some(rows) = PackedB::with_layout(&b, k, n, Layout::Rows32) else {
+            eprintln!("no AVX2 + FMA here: packed kernels not exercised");
+            return;
+        };
+        let halves = PackedB::with_layout(&b, k, n, Layout::Halves16).expect("AVX2 present");
+        let run = |f: &dyn Fn(&mut [f32])| {
+            let mut c = vec![0.25f32; m * n];
+            f(&mut c);
+            c
+        };
+        // SAFETY (all three calls): AVX2 + FMA are present (the packing succeeded), AVX-512
+        // where it is called, and the shapes fit the slices.
+        let on_rows = run(&|c| unsafe { avx2::matmul(m, &a, k, rows.view(), c, n, true) });
+        let on_halves = run(&|c| unsafe { avx2::matmul(m, &a, k, halves.view(), c, n, true) });
+        assert_eq!(on_rows, on_halves);
+        if crate::model::cpu::kernels::has_avx512() {
+            let wide = run(&|c| unsafe { avx512::matmul(m, &a, k, rows.view(), c, n, true) });
+            assert_eq!(on_rows, wide);
+        } else {
+            eprintln!("no AVX-512 here: only the AVX2 kernel is exercised");
         }
-        assert_eq!(c512, c2);
     }
 }
