@@ -183,15 +183,17 @@ impl Learner {
                 "batch_size must be at least 1".into(),
             ));
         }
-        let mut preds = Vec::with_capacity(paths.len());
-        for chunk in paths.chunks(batch_size) {
-            let images = chunk
-                .par_iter()
-                .map(|p| load_image_with(p, &self.decode))
-                .collect::<Result<Vec<_>>>()?;
-            preds.extend(self.predict_batch(&images)?);
-        }
-        Ok(preds)
+        in_pool(|| {
+            let mut preds = Vec::with_capacity(paths.len());
+            for chunk in paths.chunks(batch_size) {
+                let images = chunk
+                    .par_iter()
+                    .map(|p| load_image_with(p, &self.decode))
+                    .collect::<Result<Vec<_>>>()?;
+                preds.extend(self.predict_batch(&images)?);
+            }
+            Ok(preds)
+        })
     }
 
     /// Predicts a batch of decoded RGB images in one forward pass; the results equal one
@@ -200,14 +202,22 @@ impl Learner {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let input = self.model_input(images)?;
-        let logits = self
-            .logits(&input)?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?;
-        logits
-            .iter()
-            .map(|row| Prediction::from_logits(row, &self.vocab))
-            .collect()
+        in_pool(|| {
+            let input = self.model_input(images)?;
+            let logits = self
+                .logits(&input)?
+                .to_device(&Device::Cpu)?
+                .to_vec2::<f32>()?;
+            logits
+                .iter()
+                .map(|row| Prediction::from_logits(row, &self.vocab))
+                .collect()
+        })
     }
+}
+
+/// Runs `f` on a thread of rayon's pool (in place when already on one), so that the parallel
+/// steps inside it start and finish on pool threads instead of each waking the calling thread.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }

@@ -319,15 +319,19 @@ pub(crate) fn vit_forward(
         cls: s[2],
         pos: s[3],
     };
-    let out = run(
-        input.slice(),
-        batch,
-        &dm,
-        &embed,
-        &blocks,
-        final_norm,
-        &mut ws,
-    );
+    // Inside the thread pool: the thirteen parallel steps of a forward pass then start and
+    // finish on pool threads, instead of each waking the calling thread when it ends.
+    let out = rayon::scope(|_| {
+        run(
+            input.slice(),
+            batch,
+            &dm,
+            &embed,
+            &blocks,
+            final_norm,
+            &mut ws,
+        )
+    });
     vit.workspaces.give_back(ws);
     Ok(Some(Tensor::from_vec(
         out,
