@@ -72,7 +72,9 @@ struct LinW<'a> {
 }
 
 impl LinW<'_> {
-    /// `dst = x · W` (or `dst += x · W`) for `m` rows of `k` inputs into rows of `n` outputs.
+    /// `dst = x · W` (or `dst += x · W`) for `m` rows of `k` inputs into rows of `n` outputs;
+    /// with `bias`, `dst = b + x · W` (or `dst = (dst + b) + x · W`), the bits of writing (or
+    /// adding) the bias first and accumulating the product after.
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -83,23 +85,52 @@ impl LinW<'_> {
         dst: &mut [f32],
         dst_row_stride: usize,
         accumulate: bool,
+        bias: bool,
     ) {
         match self.packed {
             Some(p) if packed::available() && p.view().k == k && p.view().n == n => {
-                matmul_packed(m, x, k, p.view(), dst, dst_row_stride, accumulate)
+                let b = bias.then_some(self.b);
+                matmul_packed(m, x, k, p.view(), dst, dst_row_stride, accumulate, b)
             }
-            _ => matmul(
-                m,
-                n,
-                k,
-                dst,
-                dst_row_stride,
-                accumulate,
-                MatRef::rows(x, k),
-                MatRef::rows(self.w, n),
-                1.0,
-            ),
+            _ => {
+                if bias {
+                    for row in dst.chunks_mut(dst_row_stride).take(m) {
+                        let row = &mut row[..n];
+                        if accumulate {
+                            add_bias_rows(row, self.b);
+                        } else {
+                            row.copy_from_slice(self.b);
+                        }
+                    }
+                }
+                self.matmul_generic(m, k, n, x, dst, dst_row_stride, accumulate || bias)
+            }
         }
+    }
+
+    /// [`Self::apply`] without a bias on the general matmul.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_generic(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        x: &[f32],
+        dst: &mut [f32],
+        dst_row_stride: usize,
+        accumulate: bool,
+    ) {
+        matmul(
+            m,
+            n,
+            k,
+            dst,
+            dst_row_stride,
+            accumulate,
+            MatRef::rows(x, k),
+            MatRef::rows(self.w, n),
+            1.0,
+        )
     }
 }
 
@@ -541,7 +572,7 @@ fn embed_tile(
             }
         }
     }
-    embed.proj.apply(t, k, d, patches, xt, d, true);
+    embed.proj.apply(t, k, d, patches, xt, d, true, false);
 }
 
 /// `qkv = norm1(x) · Wqkvᵀ + b` for a tile.
@@ -550,10 +581,7 @@ fn norm_qkv_tile(xt: &[f32], qt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &
     let t = xt.len() / d;
     let normed = &mut sc.normed[..t * d];
     layer_norm_rows(xt, normed, blk.norm1.0, blk.norm1.1, dm.eps);
-    for row in qt.chunks_exact_mut(3 * d) {
-        row.copy_from_slice(blk.qkv.b);
-    }
-    blk.qkv.apply(t, d, 3 * d, normed, qt, 3 * d, true);
+    blk.qkv.apply(t, d, 3 * d, normed, qt, 3 * d, false, true);
 }
 
 /// `x += proj(attention(qkv))` for the tile's rows; keys and values come from every row of
@@ -614,6 +642,7 @@ fn attention_tile(
                     scores,
                     np,
                     false,
+                    None,
                 );
                 softmax_rows(scores, n, np);
                 let values = PackedRef {
@@ -630,6 +659,7 @@ fn attention_tile(
                     &mut sc.attn[r * d + h * hd..],
                     d,
                     false,
+                    None,
                 );
             }
             r += seg;
@@ -663,8 +693,8 @@ fn attention_tile(
         }
         r += seg;
     }
-    add_bias_rows(xt, blk.proj.b);
-    blk.proj.apply(t, d, d, &sc.attn[..t * d], xt, d, true);
+    blk.proj
+        .apply(t, d, d, &sc.attn[..t * d], xt, d, true, true);
 }
 
 /// `x += fc2(gelu(fc1(norm2(x))))` for a tile.
@@ -674,8 +704,8 @@ fn mlp_tile(xt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &BlockW) {
     let normed = &mut sc.normed[..t * d];
     layer_norm_rows(xt, normed, blk.norm2.0, blk.norm2.1, dm.eps);
     let hid = &mut sc.hidden[..t * hidden];
-    blk.fc1.apply(t, d, hidden, normed, hid, hidden, false);
+    blk.fc1
+        .apply(t, d, hidden, normed, hid, hidden, false, false);
     bias_gelu_rows(hid, blk.fc1.b);
-    add_bias_rows(xt, blk.fc2.b);
-    blk.fc2.apply(t, hidden, d, hid, xt, d, true);
+    blk.fc2.apply(t, hidden, d, hid, xt, d, true, true);
 }
