@@ -16,6 +16,21 @@
 //! - with `--dir`, the throughput of `Learner::predict_paths` over every image in DIR, N per
 //!   forward pass;
 //! - the process's peak resident memory at the end.
+//!
+//! With `--stdin` it loads the weights once, prints the cold start as one JSON line, then
+//! answers one request per line of standard input with one JSON line, so that a comparison
+//! script can interleave the crate's timings finely with other runtimes' (this project's VM
+//! has slow spells of seconds, which coarse alternation would put on one side only):
+//!
+//! ```text
+//! forward N ITERS      forward pass on a batch of N
+//! e2e ITERS            file to probabilities, batch 1, cycling through the images
+//! transforms ITERS     item + batch transforms of one decoded image
+//! dir ITERS            predict_paths over --dir, --batch per forward pass
+//! ```
+//!
+//! Each answer is `{"what": ..., "median_ms": ..., "times_ms": [...]}` (for `dir`, also
+//! `"images"`); a bad request is answered `{"error": ...}` and the loop goes on.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +40,7 @@ use fastai_infer::candle_core::{Device, Tensor};
 use fastai_infer::{load_image, Learner};
 
 const USAGE: &str = "\
-usage: bench [--weights FILE] [--batch N] [--iters N] [--json] [--dir DIR] [IMAGE...]
+usage: bench [--weights FILE] [--batch N] [--iters N] [--json] [--dir DIR] [--stdin] [IMAGE...]
   --weights FILE  safetensors weights (default: the shipped weights/pets_vit_tiny.safetensors)
   --batch N       forward-pass batch size, also the batch size for --dir (default 1)
   --iters N       timed iterations of each measurement (default 20; 3 passes over --dir)
@@ -33,6 +48,9 @@ usage: bench [--weights FILE] [--batch N] [--iters N] [--json] [--dir DIR] [IMAG
                   \"transforms_ms\": ..., \"cold_start_ms\": ..., \"peak_rss_mb\": ...
                   [, \"dir_images\": ..., \"dir_images_per_s\": ...]}
   --dir DIR       also time predict_paths over the image files in DIR (sorted by name)
+  --stdin         load once, then answer timing requests read from standard input, one
+                  JSON line each: `forward N ITERS`, `e2e ITERS`, `transforms ITERS`,
+                  `dir ITERS`
   IMAGE...        images for the end-to-end time (default: a shipped fixture photo)";
 
 fn median_ms(mut v: Vec<f64>) -> f64 {
@@ -45,15 +63,140 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs `f` `iters` times and returns the median wall time in ms.
-fn time_ms<F: FnMut() -> Result<(), String>>(iters: usize, mut f: F) -> Result<f64, String> {
+/// Runs `f` `iters` times and returns each run's wall time in ms.
+fn times_ms<F: FnMut() -> Result<(), String>>(iters: usize, mut f: F) -> Result<Vec<f64>, String> {
     let mut v = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(median_ms(v))
+    Ok(v)
+}
+
+/// What the timed measurements need: the learner, the images (as files and decoded), the
+/// files of `--dir` and the batch size for it.
+struct Subject {
+    learn: Learner,
+    images: Vec<PathBuf>,
+    decoded: Vec<image::RgbImage>,
+    dir_files: Vec<PathBuf>,
+    batch: usize,
+}
+
+impl Subject {
+    /// The model input for a batch of `n`: the decoded images' inputs, repeated to fill it.
+    fn input(&self, n: usize) -> Result<Tensor, String> {
+        let filled: Vec<_> = self.decoded.iter().cycle().take(n).cloned().collect();
+        self.learn.model_input(&filled).map_err(err)
+    }
+
+    fn forward(&self, input: &Tensor, iters: usize) -> Result<Vec<f64>, String> {
+        self.learn.logits(input).map_err(err)?;
+        times_ms(iters, || self.learn.logits(input).map(|_| ()).map_err(err))
+    }
+
+    /// One untimed run first, as for every measurement except `dir`.
+    fn end_to_end(&self, iters: usize) -> Result<Vec<f64>, String> {
+        self.learn.predict_path(&self.images[0]).map_err(err)?;
+        let mut i = 0;
+        times_ms(iters, || {
+            i += 1;
+            let path = &self.images[i % self.images.len()];
+            self.learn.predict_path(path).map(|_| ()).map_err(err)
+        })
+    }
+
+    fn transforms(&self, iters: usize) -> Result<Vec<f64>, String> {
+        self.learn.model_input(&self.decoded[..1]).map_err(err)?;
+        let mut i = 0;
+        times_ms(iters, || {
+            i += 1;
+            let img = std::slice::from_ref(&self.decoded[i % self.decoded.len()]);
+            self.learn.model_input(img).map(|_| ()).map_err(err)
+        })
+    }
+
+    /// No untimed run first: one pass over a directory is long enough to be its own warm-up.
+    fn dir(&self, iters: usize) -> Result<Vec<f64>, String> {
+        if self.dir_files.is_empty() {
+            return Err("dir needs --dir DIR".into());
+        }
+        times_ms(iters, || {
+            self.learn
+                .predict_paths(&self.dir_files, self.batch)
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+
+    /// Answers one `--stdin` request line with one JSON line.
+    fn answer(&self, line: &str, inputs: &mut Vec<(usize, Tensor)>) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| -> Result<usize, String> {
+            words
+                .get(i)
+                .and_then(|w| w.parse().ok())
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| format!("{line:?}: word {} must be a positive integer", i + 1))
+        };
+        let result = match words.first().copied() {
+            Some("forward") => num(1).and_then(|n| {
+                let iters = num(2)?;
+                if !inputs.iter().any(|(m, _)| *m == n) {
+                    inputs.push((n, self.input(n)?));
+                }
+                let input = inputs
+                    .iter()
+                    .find(|(m, _)| *m == n)
+                    .map(|(_, t)| t)
+                    .ok_or("internal: input not cached")?;
+                self.forward(input, iters)
+            }),
+            Some("e2e") => num(1).and_then(|it| self.end_to_end(it)),
+            Some("transforms") => num(1).and_then(|it| self.transforms(it)),
+            Some("dir") => num(1).and_then(|it| self.dir(it)),
+            _ => Err(format!(
+                "{line:?}: expected forward N ITERS, e2e ITERS, transforms ITERS or dir ITERS"
+            )),
+        };
+        match result {
+            Ok(times) => {
+                let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+                let images = if words[0] == "dir" {
+                    format!(", \"images\": {}", self.dir_files.len())
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{{\"what\": \"{}\", \"median_ms\": {:.4}{images}, \"times_ms\": [{}]}}",
+                    words[0],
+                    median_ms(times),
+                    list.join(", ")
+                )
+            }
+            Err(e) => format!("{{\"error\": {}}}", json_string(&e)),
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn err(e: fastai_infer::Error) -> String {
+    e.to_string()
 }
 
 /// Peak resident set size in MiB (Linux `VmHWM`), or NaN elsewhere.
@@ -93,7 +236,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 fn run() -> Result<(), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut weights = root.join("weights/pets_vit_tiny.safetensors");
-    let (mut batch, mut iters, mut json) = (1usize, 20usize, false);
+    let (mut batch, mut iters, mut json, mut stdin) = (1usize, 20usize, false, false);
     let mut dir: Option<PathBuf> = None;
     let mut images: Vec<PathBuf> = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -115,6 +258,7 @@ fn run() -> Result<(), String> {
             "--batch" => batch = num("--batch")?,
             "--iters" => iters = num("--iters")?,
             "--json" => json = true,
+            "--stdin" => stdin = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -126,7 +270,6 @@ fn run() -> Result<(), String> {
     if images.is_empty() {
         images.push(root.join("tests/fixtures/images/grace_hopper.jpg"));
     }
-    let err = |e: fastai_infer::Error| e.to_string();
 
     // Cold start: weights file to the first prediction, before anything else has run.
     let t = Instant::now();
@@ -139,37 +282,43 @@ fn run() -> Result<(), String> {
         .map(load_image)
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
-    let filled: Vec<_> = decoded.iter().cycle().take(batch).cloned().collect();
-    let input: Tensor = learn.model_input(&filled).map_err(err)?;
+    let dir_files = match &dir {
+        Some(dir) => image_files(dir)?,
+        None => Vec::new(),
+    };
+    let subject = Subject {
+        learn,
+        images,
+        decoded,
+        dir_files,
+        batch,
+    };
 
-    // Warm up, then time.
-    learn.logits(&input).map_err(err)?;
-    let forward_ms = time_ms(iters, || learn.logits(&input).map(|_| ()).map_err(err))?;
-    let mut i = 0;
-    let end_to_end_ms = time_ms(iters, || {
-        i += 1;
-        learn
-            .predict_path(&images[i % images.len()])
-            .map(|_| ())
-            .map_err(err)
-    })?;
-    let mut i = 0;
-    let transforms_ms = time_ms(iters, || {
-        i += 1;
-        let img = std::slice::from_ref(&decoded[i % decoded.len()]);
-        learn.model_input(img).map(|_| ()).map_err(err)
-    })?;
-
-    let dir_result = match &dir {
-        Some(dir) => {
-            let files = image_files(dir)?;
-            learn.predict_paths(&files, batch).map_err(err)?;
-            let ms = time_ms(3, || {
-                learn.predict_paths(&files, batch).map(|_| ()).map_err(err)
-            })?;
-            Some((files.len(), files.len() as f64 / (ms / 1e3)))
+    if stdin {
+        let rss = peak_rss_mb();
+        println!("{{\"cold_start_ms\": {cold_start_ms:.1}, \"peak_rss_mb\": {rss:.1}}}");
+        let mut inputs = Vec::new();
+        for line in std::io::stdin().lines() {
+            let line = line.map_err(|e| format!("standard input: {e}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            println!("{}", subject.answer(&line, &mut inputs));
         }
-        None => None,
+        return Ok(());
+    }
+
+    let input = subject.input(batch)?;
+    let forward_ms = median_ms(subject.forward(&input, iters)?);
+    let end_to_end_ms = median_ms(subject.end_to_end(iters)?);
+    let transforms_ms = median_ms(subject.transforms(iters)?);
+    let dir_result = if dir.is_some() {
+        subject.dir(1)?;
+        let ms = median_ms(subject.dir(3)?);
+        let n = subject.dir_files.len();
+        Some((n, n as f64 / (ms / 1e3)))
+    } else {
+        None
     };
     let rss = peak_rss_mb();
 

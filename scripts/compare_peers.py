@@ -4,6 +4,8 @@ weights (the shipped fixture) and the same images, and prints medians and ratios
 
     ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--rounds N] [--json FILE] [IMAGE]
 
+`--iters` is the iterations of the batch-1 figures per runtime per round (fewer at batch 8 and 32).
+
 What it measures (every runtime limited to the machine's cores, 2 here):
 - forward pass at batch 1, 8 and 32: the crate, ONNX Runtime (the fixture exported with
   torch.onnx), PyTorch eager;
@@ -17,12 +19,15 @@ What it measures (every runtime limited to the machine's cores, 2 here):
   same weights), ONNX Runtime (its process also imports torch and fastai for the lesson's
   preprocessing, which is what a deployment with the same preprocessing would load).
 
-The crate is timed through `cargo run --release --example bench -- --json`, first before this
-process loads torch or ONNX Runtime (whose idle worker threads could spin beside it), then in
-rounds alternating with the peers: each round times every figure of the crate, then every
-figure of the peers (forward passes, end to end, transforms, the directory), and each figure is
-the median over the rounds, so that a slow spell of a shared machine does not land on one side
-only. The per-round figures are kept in the JSON output under "rounds".
+The crate runs in one long-lived process (`cargo run --release --example bench -- --stdin`),
+which answers timing requests; the script interleaves it finely with the peers: each round
+times every figure once for each runtime, a few iterations at a time, the crate first in even
+rounds and last in odd ones, with a short pause at every switch so that idle worker threads
+(torch's OpenMP, ONNX Runtime's pool, rayon) have gone to sleep before the next runtime starts.
+This project's VM has slow spells lasting seconds (other tenants), which coarse alternation
+would put on one side only. Each figure is the median of all its iterations over all rounds;
+the ratios are of those medians, and the spread of the per-round ratios is printed beside
+them. The per-round figures are kept in the JSON output under "rounds".
 """
 import argparse
 import json
@@ -43,17 +48,6 @@ ONNX_PATH = Path(tempfile.gettempdir()) / "fastai-infer-peer.onnx"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def median_ms(fn, iters, warmup=2):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
-
-
 def make_dir200():
     d = Path(tempfile.mkdtemp(prefix="fastai-infer-dir200-"))
     files = sorted(p for p in IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
@@ -63,12 +57,40 @@ def make_dir200():
     return d
 
 
-def crate_bench(batch, iters, image, extra=()):
-    out = subprocess.run(
-        ["cargo", "run", "-q", "--release", "--example", "bench", "--", "--batch", str(batch),
-         "--iters", str(iters), "--json", *extra, str(image)],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+class Crate:
+    """The crate's `bench --stdin` process: one JSON answer per request line."""
+
+    def __init__(self, image, dir200):
+        subprocess.run(["cargo", "build", "-q", "--release", "--example", "bench"], cwd=ROOT,
+                       check=True)
+        self.proc = subprocess.Popen(
+            ["cargo", "run", "-q", "--release", "--example", "bench", "--", "--stdin",
+             "--batch", "32", "--dir", str(dir200), str(image)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.first = json.loads(self.proc.stdout.readline())
+
+    def times(self, request):
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        if "error" in answer:
+            raise RuntimeError(f"bench --stdin {request!r}: {answer['error']}")
+        return answer["times_ms"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def times_ms(fn, iters, warmup=True):
+    if warmup:
+        fn()  # one untimed call at every switch
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return ts
 
 
 # Run in a fresh interpreter by --cold: imports, weights to first prediction, peak RSS.
@@ -136,41 +158,21 @@ def lesson_preprocess():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=10,
+                    help="iterations of each batch-1 figure per runtime per round")
     ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="alternating rounds of the crate and the peers")
-    ap.add_argument("--settle", type=float, default=5.0,
-                    help="seconds to wait after building, before timing")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
+    ap.add_argument("--pause", type=float, default=0.2,
+                    help="seconds to wait at every switch between runtimes")
     ap.add_argument("image", nargs="?", default=str(IMAGES / "grace_hopper.jpg"))
     args = ap.parse_args()
     threads = os.cpu_count() or 2
     dir200 = make_dir200()
-    r = {}
 
-    # --- the crate first, before torch and ONNX Runtime are loaded in this process --------
-    subprocess.run(["cargo", "build", "-q", "--release", "--example", "bench"], cwd=ROOT,
-                   check=True)
-    time.sleep(args.settle)
-    rounds = []
+    # The crate's process starts (and measures its cold start) before this process loads
+    # torch or ONNX Runtime.
+    crate = Crate(args.image, dir200)
 
-    def crate_round():
-        c = {}
-        b1 = crate_bench(1, args.iters, args.image)
-        c["rust_e2e"] = b1["end_to_end_ms"]
-        c["rust_transforms"] = b1["transforms_ms"]
-        c["rust_fwd_b1"] = b1["forward_ms"]
-        c["rust_fwd_b8"] = crate_bench(8, args.iters, args.image)["forward_ms"]
-        b32 = crate_bench(32, max(5, args.iters // 2), args.image, ["--dir", str(dir200)])
-        c["rust_fwd_b32"] = b32["forward_ms"]
-        c["rust_dir200_images_per_s"] = b32["dir_images_per_s"]
-        return c, b1
-
-    first, b1 = crate_round()
-    r["rust_cold_start_ms"] = b1["cold_start_ms"]
-    r["rust_peak_rss_mb"] = b1["peak_rss_mb"]
-
-    # --- the Python peers --------------------------------------------------------------------
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -201,32 +203,69 @@ def main():
             x = torch.cat([pre(f) for f in files[i:i + 32]]).numpy()
             sess.run(None, {"x": x})
 
-    def peer_round():
-        p = {}
-        for n in (1, 8, 32):
-            it = args.iters if n < 32 else max(5, args.iters // 2)
-            x = torch.randn(n, 3, 224, 224)
-            xn = x.numpy()
-            with torch.no_grad():
-                p[f"torch_fwd_b{n}"] = median_ms(lambda: model(x), it)
-            p[f"ort_fwd_b{n}"] = median_ms(lambda: sess.run(None, {"x": xn}), it)
-        p["torch_pipeline_e2e"] = median_ms(lambda: pure_torch(args.image), args.iters)
-        p["torch_transforms"] = median_ms(lambda: pre(decoded), args.iters)
+    def fastai_predict():
         with learn.no_bar(), learn.no_logging():
-            p["fastai_predict_e2e"] = median_ms(lambda: learn.predict(args.image), args.iters)
-        ms = median_ms(ort_dir, 3, warmup=1)
-        p["ort_pil_dir200_images_per_s"] = len(files) / (ms / 1e3)
-        return p
+            learn.predict(args.image)
 
-    # Alternate the crate and the peers, then take each figure's median over the rounds, so
-    # that a slow spell of this (virtual) machine does not land on one side only.
-    rounds.append({**first, **peer_round()})
-    for _ in range(args.rounds - 1):
-        c, _ = crate_round()
-        rounds.append({**c, **peer_round()})
-    for k in rounds[0]:
-        r[k] = statistics.median(rd[k] for rd in rounds)
-    r["rounds"] = rounds
+    inputs = {n: torch.randn(n, 3, 224, 224) for n in (1, 8, 32)}
+
+    def torch_fwd(n):
+        def f():
+            with torch.no_grad():
+                model(inputs[n])
+        return f
+
+    def ort_fwd(n):
+        xn = inputs[n].numpy()
+        return lambda: sess.run(None, {"x": xn})
+
+    it = args.iters
+    # figure -> (iterations, the crate's request, {peer: function})
+    figures = {
+        "fwd_b1": (it, f"forward 1 {it}", {"ort": ort_fwd(1), "torch": torch_fwd(1)}),
+        "fwd_b8": (max(2, it // 2), f"forward 8 {max(2, it // 2)}",
+                   {"ort": ort_fwd(8), "torch": torch_fwd(8)}),
+        "fwd_b32": (max(1, it // 5), f"forward 32 {max(1, it // 5)}",
+                    {"ort": ort_fwd(32), "torch": torch_fwd(32)}),
+        "e2e": (it, f"e2e {it}", {"torch_pipeline": lambda: pure_torch(args.image),
+                                   "fastai_predict": fastai_predict}),
+        "transforms": (2 * it, f"transforms {2 * it}", {"torch": lambda: pre(decoded)}),
+        "dir200": (1, "dir 1", {"ort_pil": ort_dir}),
+    }
+    pooled = {f: {} for f in figures}
+    rounds = []
+    for rd in range(args.rounds):
+        this = {}
+        for fig, (iters, request, peers) in figures.items():
+            runners = [("rust", lambda: crate.times(request))]
+            # A pass over the directory is long enough to be its own warm-up.
+            warm = fig != "dir200"
+            runners += [(name, (lambda fn=fn: times_ms(fn, iters, warm)))
+                        for name, fn in peers.items()]
+            if rd % 2:
+                runners.reverse()
+            for name, run in runners:
+                time.sleep(args.pause)
+                ts = run()
+                pooled[fig].setdefault(name, []).extend(ts)
+                this[f"{name}_{fig}"] = statistics.median(ts)
+        rounds.append(this)
+        print(f"round {rd + 1}/{args.rounds}: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in this.items()), file=sys.stderr, flush=True)
+    crate.close()
+
+    r = {"rust_cold_start_ms": crate.first["cold_start_ms"],
+         "rust_peak_rss_mb": crate.first["peak_rss_mb"]}
+    for fig, by in pooled.items():
+        for name, ts in by.items():
+            r[f"{name}_{fig}"] = statistics.median(ts)
+    n_files = len(files)
+    r["rust_dir200_images_per_s"] = n_files / (r["rust_dir200"] / 1e3)
+    r["ort_pil_dir200_images_per_s"] = n_files / (r["ort_pil_dir200"] / 1e3)
+
+    def per_round(num, den):
+        v = sorted(rd[num] / rd[den] for rd in rounds)
+        return f"(per round {v[0]:.2f}-{v[-1]:.2f}, median {statistics.median(v):.2f})"
 
     for kind in ("torch", "ort"):
         out = subprocess.run([sys.executable, "-c", COLD, kind, str(ROOT), args.image, str(threads)],
@@ -237,25 +276,41 @@ def main():
         r[f"{kind}_peak_rss_mb"] = c["peak_rss_mb"]
     shutil.rmtree(dir200, ignore_errors=True)
 
+    ratios = {}
     print(f"image: {args.image}, threads: {threads}, iters: {args.iters}, rounds: {args.rounds}")
-    print(f"{'what':34s} {'value':>9s}")
+    print(f"{'what (median ms unless named)':34s} {'value':>9s}")
     for k, v in r.items():
-        if k != "rounds":
-            print(f"{k:34s} {v:9.2f}")
+        print(f"{k:34s} {v:9.2f}")
     print("ratios (the crate's time / the peer's; below 1 is faster):")
     for n in (1, 8, 32):
-        print(f"  forward b{n}: vs ONNX Runtime {r[f'rust_fwd_b{n}'] / r[f'ort_fwd_b{n}']:.2f}x,"
-              f" vs PyTorch {r[f'rust_fwd_b{n}'] / r[f'torch_fwd_b{n}']:.2f}x")
-    print(f"  end to end: {r['torch_pipeline_e2e'] / r['rust_e2e']:.2f}x faster than the pure-PyTorch"
-          f" pipeline, {r['fastai_predict_e2e'] / r['rust_e2e']:.2f}x faster than learn.predict")
-    print(f"  transforms alone: {r['torch_transforms'] / r['rust_transforms']:.2f}x faster than PIL + torch")
-    print(f"  200-image directory: {r['rust_dir200_images_per_s'] / r['ort_pil_dir200_images_per_s']:.2f}x"
-          " the throughput of ONNX Runtime with PIL + torch preprocessing")
+        f = f"fwd_b{n}"
+        ratios[f"{f}_vs_ort"] = r[f"rust_{f}"] / r[f"ort_{f}"]
+        ratios[f"{f}_vs_torch"] = r[f"rust_{f}"] / r[f"torch_{f}"]
+        print(f"  forward b{n}: vs ONNX Runtime {ratios[f'{f}_vs_ort']:.2f}x"
+              f" {per_round(f'rust_{f}', f'ort_{f}')}, vs PyTorch {ratios[f'{f}_vs_torch']:.2f}x")
+    print("speed-ups (the peer's time / the crate's; above 1 is faster):")
+    ratios["e2e_vs_torch_pipeline"] = r["torch_pipeline_e2e"] / r["rust_e2e"]
+    ratios["e2e_vs_fastai_predict"] = r["fastai_predict_e2e"] / r["rust_e2e"]
+    ratios["transforms_vs_torch"] = r["torch_transforms"] / r["rust_transforms"]
+    ratios["dir200_vs_ort_pil"] = r["ort_pil_dir200"] / r["rust_dir200"]
+    print(f"  end to end: {ratios['e2e_vs_torch_pipeline']:.2f}x faster than the pure-PyTorch"
+          f" pipeline {per_round('torch_pipeline_e2e', 'rust_e2e')},"
+          f" {ratios['e2e_vs_fastai_predict']:.2f}x faster than learn.predict"
+          f" {per_round('fastai_predict_e2e', 'rust_e2e')}")
+    print(f"  transforms alone: {ratios['transforms_vs_torch']:.2f}x faster than PIL + torch"
+          f" {per_round('torch_transforms', 'rust_transforms')}")
+    print(f"  200-image directory: {ratios['dir200_vs_ort_pil']:.2f}x the throughput of ONNX Runtime"
+          f" with PIL + torch preprocessing {per_round('ort_pil_dir200', 'rust_dir200')}")
     print(f"  cold start: crate {r['rust_cold_start_ms']:.0f} ms, PyTorch {r['torch_cold_start_ms']:.0f} ms"
           f" (+{r['torch_import_ms']:.0f} ms imports), ONNX Runtime {r['ort_cold_start_ms']:.0f} ms"
           f" (+{r['ort_import_ms']:.0f} ms imports)")
     print(f"  peak RSS: crate {r['rust_peak_rss_mb']:.0f} MiB, PyTorch {r['torch_peak_rss_mb']:.0f} MiB,"
           f" ONNX Runtime {r['ort_peak_rss_mb']:.0f} MiB")
+    r["ratios"] = ratios
+    r["rounds"] = rounds
+    r["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    r["cpu"] = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                     if l.startswith("model name")), "?")
     print(json.dumps(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
