@@ -263,6 +263,7 @@ struct Out {
 /// # Panics
 /// If a matrix does not fit in its slice (an internal shape bug; shapes are validated when the
 /// weights load).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_packed(
     m: usize,
     lhs: &[f32],
