@@ -116,6 +116,30 @@ fn jpeg_images_keep_fastai_top1() {
     }
 }
 
+/// An image's logits do not depend on the batch it is in: the CPU fast path splits a batch's
+/// rows into different chunks and tiles at batch 1, 2 and 4, and must give the same bits.
+#[test]
+fn logits_are_bit_identical_whatever_the_batch() {
+    let learn = learner();
+    let inputs: Vec<Tensor> = ["chelsea", "rocket", "coffee_odd", "astronaut_portrait"]
+        .iter()
+        .map(|name| common::load(&format!("golden/{name}.safetensors"))["input"].clone())
+        .collect();
+    let all = Tensor::cat(&inputs, 0).unwrap();
+    let big = learn.logits(&all).unwrap().to_vec2::<f32>().unwrap();
+    for (i, x) in inputs.iter().enumerate() {
+        let one = learn.logits(x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(one[0], big[i], "image {i} alone vs in a batch of 4");
+    }
+    let pair = Tensor::cat(&inputs[1..3], 0).unwrap();
+    let two = learn.logits(&pair).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(
+        two[..],
+        big[1..3],
+        "images 1-2 as a pair vs in a batch of 4"
+    );
+}
+
 #[test]
 fn predict_batch_equals_one_predict_per_image() {
     let learn = learner();
