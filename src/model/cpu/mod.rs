@@ -192,6 +192,7 @@ pub(crate) struct Workspace {
     qkv_cur: Vec<f32>,
     qkv_next: Vec<f32>,
     scratch: Vec<Scratch>,
+    balance: Balance,
 }
 
 /// Workspaces shared by clones of a model; each concurrent forward pass takes its own, so the
@@ -385,16 +386,16 @@ fn run(
     let rows = batch * n;
     let threads = rayon::current_num_threads().max(1);
     let chunks = threads.min(rows.div_ceil(MIN_CHUNK_ROWS)).max(1);
-    let chunk_rows = rows.div_ceil(chunks);
-    let chunks = rows.div_ceil(chunk_rows);
-    let tile = chunk_rows.min(TILE);
+    let tile = rows.min(TILE);
 
     let Workspace {
         x,
         qkv_cur,
         qkv_next,
         scratch,
+        balance,
     } = ws;
+    balance.reset(chunks, rows);
     let x = at_least(x, rows * d);
     let mut qkv_cur = at_least(qkv_cur, rows * 3 * d);
     let mut qkv_next = at_least(qkv_next, rows * 3 * d);
@@ -415,7 +416,7 @@ fn run(
         x,
         qkv_cur,
         scratch,
-        chunk_rows,
+        balance.bounds(),
         tile,
         dm,
         |row0, xt, qt, sc| {
@@ -439,11 +440,11 @@ fn run(
             last_block_class_tokens(x, cur, scratch, batch, dm, blk);
             break;
         }
-        for_each_tile(
+        let secs = for_each_tile(
             x,
             qkv_next,
             scratch,
-            chunk_rows,
+            balance.bounds(),
             tile,
             dm,
             |row0, xt, qt, sc| {
@@ -454,6 +455,7 @@ fn run(
                 }
             },
         );
+        balance.update(&secs);
         std::mem::swap(&mut qkv_cur, &mut qkv_next);
     }
 
@@ -490,38 +492,113 @@ fn last_block_class_tokens(
         });
 }
 
-/// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on every tile, one chunk per thread.
+/// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on every tile, one chunk of rows
+/// per thread (chunk `i` is rows `bounds[i]..bounds[i + 1]`), each chunk cut into equal tiles
+/// of at most `tile` rows. Returns the seconds each chunk took.
 #[allow(clippy::too_many_arguments)]
 fn for_each_tile<F>(
     x: &mut [f32],
     qkv: &mut [f32],
     scratch: &mut [Scratch],
-    chunk_rows: usize,
+    bounds: &[usize],
     tile: usize,
     dm: &Dims,
     f: F,
-) where
+) -> Vec<f64>
+where
     F: Fn(usize, &mut [f32], &mut [f32], &mut Scratch) + Sync,
 {
     let d = dm.d;
-    x.par_chunks_mut(chunk_rows * d)
-        .zip(qkv.par_chunks_mut(chunk_rows * 3 * d))
-        .zip(scratch.par_iter_mut())
-        .enumerate()
-        .for_each(|(ci, ((xc, qc), sc))| {
+    let mut parts = Vec::with_capacity(bounds.len().saturating_sub(1));
+    let (mut xr, mut qr) = (x, qkv);
+    for (w, sc) in bounds.windows(2).zip(scratch.iter_mut()) {
+        let (xc, xrest) = std::mem::take(&mut xr).split_at_mut((w[1] - w[0]) * d);
+        let (qc, qrest) = std::mem::take(&mut qr).split_at_mut((w[1] - w[0]) * 3 * d);
+        (xr, qr) = (xrest, qrest);
+        parts.push((w[0], xc, qc, sc));
+    }
+    parts
+        .into_par_iter()
+        .map(|(row0, xc, qc, sc)| {
+            let start = std::time::Instant::now();
             let rows = xc.len() / d;
+            let t = rows.div_ceil(rows.div_ceil(tile.max(1)).max(1));
             let mut t0 = 0;
             while t0 < rows {
-                let t = tile.min(rows - t0);
+                let t = t.min(rows - t0);
                 f(
-                    ci * chunk_rows + t0,
+                    row0 + t0,
                     &mut xc[t0 * d..(t0 + t) * d],
                     &mut qc[t0 * 3 * d..(t0 + t) * 3 * d],
                     sc,
                 );
                 t0 += t;
             }
-        });
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// How the rows are shared out among the threads, rebalanced after every block from the time
+/// each thread's chunk took: a virtual machine's cores do not always run at the same speed
+/// (this project's VM was seen running one at half speed for seconds at a time), and with
+/// equal chunks the faster thread waits for the slower at the end of every block. Kept
+/// between forward passes. Any split gives the same bits: every row is computed alone.
+#[derive(Default)]
+struct Balance {
+    /// Chunk `i` is rows `bounds[i]..bounds[i + 1]`.
+    bounds: Vec<usize>,
+}
+
+impl Balance {
+    /// Equal chunks unless the current split is for the same rows and chunk count.
+    fn reset(&mut self, chunks: usize, rows: usize) {
+        if self.bounds.len() == chunks + 1 && self.bounds.last() == Some(&rows) {
+            return;
+        }
+        self.bounds = (0..=chunks).map(|i| i * rows / chunks).collect();
+    }
+
+    fn bounds(&self) -> &[usize] {
+        &self.bounds
+    }
+
+    /// Moves half way from the current split towards the one that would have made every chunk
+    /// take the same time at the speeds just measured, each chunk keeping at least a quarter of
+    /// an equal share.
+    fn update(&mut self, secs: &[f64]) {
+        let chunks = self.bounds.len() - 1;
+        let rows = self.bounds[chunks];
+        if chunks < 2 || secs.len() != chunks || secs.iter().any(|&t| t.is_nan() || t <= 0.0) {
+            return;
+        }
+        let speeds: Vec<f64> = self
+            .bounds
+            .windows(2)
+            .zip(secs)
+            .map(|(w, t)| (w[1] - w[0]) as f64 / t)
+            .collect();
+        let total: f64 = speeds.iter().sum();
+        let mut sizes: Vec<f64> = self
+            .bounds
+            .windows(2)
+            .zip(&speeds)
+            .map(|(w, s)| 0.5 * (w[1] - w[0]) as f64 + 0.5 * rows as f64 * s / total)
+            .collect();
+        let sum: f64 = sizes.iter().sum();
+        for v in &mut sizes {
+            *v *= rows as f64 / sum;
+        }
+        // At least a quarter of an equal share (and one row) per chunk.
+        let floor = (rows / chunks / 4).max(1);
+        let mut acc = 0.0;
+        for (i, v) in sizes.iter().enumerate().take(chunks - 1) {
+            acc += v;
+            let lo = self.bounds[i] + floor;
+            let hi = rows - (chunks - 1 - i) * floor;
+            self.bounds[i + 1] = (acc.round() as usize).clamp(lo, hi.max(lo));
+        }
+    }
 }
 
 /// Token rows `row0..` of the embedding: the class token or a patch's projection, plus the
@@ -708,4 +785,48 @@ fn mlp_tile(xt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &BlockW) {
         .apply(t, d, hidden, normed, hid, hidden, false, false);
     bias_gelu_rows(hid, blk.fc1.b);
     blk.fc2.apply(t, hidden, d, hid, xt, d, true, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Balance;
+
+    /// The split starts equal, moves rows to the faster chunk, keeps every row in exactly one
+    /// chunk, never starves a chunk, and comes back when the speeds even out.
+    #[test]
+    fn balance_moves_rows_to_the_faster_thread() {
+        let mut b = Balance::default();
+        b.reset(2, 197);
+        assert_eq!(b.bounds(), &[0, 98, 197]);
+        // Chunk 1 took twice as long for about the same rows: it gets fewer.
+        b.update(&[1.0, 2.0]);
+        let first = b.bounds()[1];
+        assert!(first > 98 && first < 197, "{:?}", b.bounds());
+        for _ in 0..50 {
+            b.update(&[1.0, 100.0]);
+            let w = b.bounds();
+            assert_eq!((w[0], w[2]), (0, 197));
+            assert!(
+                w[2] - w[1] >= 197 / 8,
+                "a chunk keeps a quarter of its share: {w:?}"
+            );
+        }
+        // Equal times per row: back towards equal chunks.
+        for _ in 0..50 {
+            let w = b.bounds().to_vec();
+            b.update(&[(w[1] - w[0]) as f64, (w[2] - w[1]) as f64]);
+        }
+        let w = b.bounds();
+        assert!((w[1] as i64 - 98).abs() <= 2, "{w:?}");
+        // Bad timings change nothing; another shape starts again from equal chunks.
+        let before = b.bounds().to_vec();
+        b.update(&[0.0, 1.0]);
+        b.update(&[f64::NAN, 1.0]);
+        assert_eq!(b.bounds(), &before[..]);
+        b.reset(3, 30);
+        assert_eq!(b.bounds(), &[0, 10, 20, 30]);
+        b.update(&[1.0, 1.0, 4.0]);
+        let w = b.bounds();
+        assert!(w.windows(2).all(|p| p[0] < p[1]) && w[3] == 30, "{w:?}");
+    }
 }
