@@ -26,6 +26,7 @@
 //! forward N ITERS      forward pass on a batch of N
 //! e2e ITERS            file to probabilities, batch 1, cycling through the images
 //! transforms ITERS     item + batch transforms of one decoded image
+//! decode ITERS         decoding one image file (`load_image`), cycling through the images
 //! dir ITERS            predict_paths over --dir, --batch per forward pass
 //! ```
 //!
@@ -50,7 +51,7 @@ usage: bench [--weights FILE] [--batch N] [--iters N] [--json] [--dir DIR] [--st
   --dir DIR       also time predict_paths over the image files in DIR (sorted by name)
   --stdin         load once, then answer timing requests read from standard input, one
                   JSON line each: `forward N ITERS`, `e2e ITERS`, `transforms ITERS`,
-                  `dir ITERS`
+                  `decode ITERS`, `dir ITERS`
   IMAGE...        images for the end-to-end time (default: a shipped fixture photo)";
 
 fn median_ms(mut v: Vec<f64>) -> f64 {
@@ -117,6 +118,17 @@ impl Subject {
         })
     }
 
+    fn decode(&self, iters: usize) -> Result<Vec<f64>, String> {
+        load_image(&self.images[0]).map_err(err)?;
+        let mut i = 0;
+        times_ms(iters, || {
+            i += 1;
+            load_image(&self.images[i % self.images.len()])
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+
     /// No untimed run first: one pass over a directory is long enough to be its own warm-up.
     fn dir(&self, iters: usize) -> Result<Vec<f64>, String> {
         if self.dir_files.is_empty() {
@@ -155,9 +167,10 @@ impl Subject {
             }),
             Some("e2e") => num(1).and_then(|it| self.end_to_end(it)),
             Some("transforms") => num(1).and_then(|it| self.transforms(it)),
+            Some("decode") => num(1).and_then(|it| self.decode(it)),
             Some("dir") => num(1).and_then(|it| self.dir(it)),
             _ => Err(format!(
-                "{line:?}: expected forward N ITERS, e2e ITERS, transforms ITERS or dir ITERS"
+                "{line:?}: expected forward N ITERS, e2e ITERS, transforms ITERS, decode ITERS or dir ITERS"
             )),
         };
         match result {

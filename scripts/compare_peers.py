@@ -12,6 +12,7 @@ What it measures (every runtime limited to the machine's cores, 2 here):
 - end to end for one image, file to probabilities: the crate, the lesson's pure-PyTorch
   pipeline (PIL + torch, the same arithmetic as fastai), fastai's `learn.predict`;
 - item + batch transforms alone for one decoded image (decode excluded): the crate, PIL + torch;
+- decoding the image file alone: the crate, PIL (`Image.open(path).convert('RGB')`);
 - a directory of 200 images (the fixtures, cycled, in a temporary folder), 32 per forward pass:
   the crate's `predict_paths`, ONNX Runtime with PIL + torch preprocessing;
 - cold start (weights file to the first prediction, imports excluded and reported apart) and
@@ -230,6 +231,8 @@ def main():
         "e2e": (it, f"e2e {it}", {"torch_pipeline": lambda: pure_torch(args.image),
                                    "fastai_predict": fastai_predict}),
         "transforms": (2 * it, f"transforms {2 * it}", {"torch": lambda: pre(decoded)}),
+        "decode": (2 * it, f"decode {2 * it}",
+                   {"pil": lambda: Image.open(args.image).convert("RGB")}),
         "dir200": (1, "dir 1", {"ort_pil": ort_dir}),
     }
     pooled = {f: {} for f in figures}
@@ -299,6 +302,9 @@ def main():
           f" {per_round('fastai_predict_e2e', 'rust_e2e')}")
     print(f"  transforms alone: {ratios['transforms_vs_torch']:.2f}x faster than PIL + torch"
           f" {per_round('torch_transforms', 'rust_transforms')}")
+    ratios["decode_vs_pil"] = r["pil_decode"] / r["rust_decode"]
+    print(f"  decode alone: {ratios['decode_vs_pil']:.2f}x faster than PIL"
+          f" {per_round('pil_decode', 'rust_decode')}")
     print(f"  200-image directory: {ratios['dir200_vs_ort_pil']:.2f}x the throughput of ONNX Runtime"
           f" with PIL + torch preprocessing {per_round('ort_pil_dir200', 'rust_dir200')}")
     print(f"  cold start: crate {r['rust_cold_start_ms']:.0f} ms, PyTorch {r['torch_cold_start_ms']:.0f} ms"
