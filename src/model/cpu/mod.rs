@@ -103,34 +103,19 @@ impl LinW<'_> {
                         }
                     }
                 }
-                self.matmul_generic(m, k, n, x, dst, dst_row_stride, accumulate || bias)
+                matmul(
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_row_stride,
+                    accumulate || bias,
+                    MatRef::rows(x, k),
+                    MatRef::rows(self.w, n),
+                    1.0,
+                )
             }
         }
-    }
-
-    /// [`Self::apply`] without a bias on the general matmul.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_generic(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        x: &[f32],
-        dst: &mut [f32],
-        dst_row_stride: usize,
-        accumulate: bool,
-    ) {
-        matmul(
-            m,
-            n,
-            k,
-            dst,
-            dst_row_stride,
-            accumulate,
-            MatRef::rows(x, k),
-            MatRef::rows(self.w, n),
-            1.0,
-        )
     }
 }
 
@@ -579,16 +564,14 @@ impl Balance {
             .map(|(w, t)| (w[1] - w[0]) as f64 / t)
             .collect();
         let total: f64 = speeds.iter().sum();
-        let mut sizes: Vec<f64> = self
+        // Half the current size plus half the speed-proportional one: the sizes still add up
+        // to `rows`.
+        let sizes: Vec<f64> = self
             .bounds
             .windows(2)
             .zip(&speeds)
             .map(|(w, s)| 0.5 * (w[1] - w[0]) as f64 + 0.5 * rows as f64 * s / total)
             .collect();
-        let sum: f64 = sizes.iter().sum();
-        for v in &mut sizes {
-            *v *= rows as f64 / sum;
-        }
         // At least a quarter of an equal share (and one row) per chunk.
         let floor = (rows / chunks / 4).max(1);
         let mut acc = 0.0;
