@@ -175,37 +175,19 @@ impl Subject {
         };
         match result {
             Ok(times) => {
-                let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
-                let images = if words[0] == "dir" {
-                    format!(", \"images\": {}", self.dir_files.len())
-                } else {
-                    String::new()
-                };
-                format!(
-                    "{{\"what\": \"{}\", \"median_ms\": {:.4}{images}, \"times_ms\": [{}]}}",
-                    words[0],
-                    median_ms(times),
-                    list.join(", ")
-                )
+                let mut answer = serde_json::json!({
+                    "what": words[0],
+                    "median_ms": median_ms(times.clone()),
+                    "times_ms": times,
+                });
+                if words[0] == "dir" {
+                    answer["images"] = self.dir_files.len().into();
+                }
+                answer.to_string()
             }
-            Err(e) => format!("{{\"error\": {}}}", json_string(&e)),
+            Err(e) => serde_json::json!({ "error": e }).to_string(),
         }
     }
-}
-
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn err(e: fastai_infer::Error) -> String {
