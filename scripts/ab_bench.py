@@ -27,25 +27,26 @@ def main():
                               text=True) for b in bins]
     for p in procs:
         json.loads(p.stdout.readline())  # the cold-start line
-    times = {(b, q): [] for b in bins for q in REQUESTS}
+    # Keyed by position, so the same binary may be given twice (an A/A check).
+    times = {(i, q): [] for i in range(len(bins)) for q in REQUESTS}
     for r in range(rounds):
         for q in REQUESTS:
-            order = list(zip(bins, procs))
+            order = list(enumerate(zip(bins, procs)))
             if r % 2:
                 order.reverse()
-            for b, p in order:
+            for i, (b, p) in order:
                 time.sleep(0.1)
                 p.stdin.write(q + "\n")
                 p.stdin.flush()
                 answer = json.loads(p.stdout.readline())
                 if "error" in answer:
                     sys.exit(f"{b}: {answer['error']}")
-                times[(b, q)].extend(answer["times_ms"])
+                times[(i, q)].extend(answer["times_ms"])
     for q in REQUESTS:
-        base = statistics.median(times[(bins[0], q)])
+        base = statistics.median(times[(0, q)])
         cells = []
-        for b in bins:
-            med = statistics.median(times[(b, q)])
+        for i, b in enumerate(bins):
+            med = statistics.median(times[(i, q)])
             cells.append(f"{b.rsplit('/', 1)[-1]} {med:.2f} ms ({med / base:.3f})")
         print(f"{q:14s} " + "  ".join(cells))
     for p in procs:
