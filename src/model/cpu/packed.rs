@@ -358,49 +358,95 @@ mod avx512 {
         let a = lhs.as_ptr();
         let c = dst.as_mut_ptr();
         let panels = n / NR;
+        // The next panel is fetched into L2 while this one runs: at batch 1 the weights come
+        // from L3 on every forward pass. The prefetches are spread evenly over as many of this
+        // panel's whole 12-row blocks as there are (one cache line every 4, 2 or 1 steps of the
+        // reduction, or two a step in the first block when there are fewer than two), so they
+        // never crowd the blocks' own loads. A single-thread probe cycling through ViT-tiny's
+        // 22 MB of weights (best of 5, GFLOP/s): at 98 rows 156 -> 162, at 60 rows 158 -> 167,
+        // at 24 rows 145 -> 165, against 76-135 -> 84-148 for the first-block-only prefetch
+        // over none.
+        // Blocks of 12 rows, except that a remainder of 1-5 rows is merged with the last whole
+        // block and the two split in halves (98 rows: 7 x 12, 7, 7): a block of fewer than about
+        // 6 rows waits on its few FMA chains' latency, so a 2-row block cost about a third of a
+        // 12-row one for a sixth of its rows. Every output row is computed the same way
+        // whatever block it lands in, so the bits do not change.
+        let block_rows = |left: usize| {
+            if left > MR512 && left < MR512 + 6 {
+                left.div_ceil(2)
+            } else {
+                left.min(MR512)
+            }
+        };
+        let full = m / MR512 - usize::from(m > MR512 && m % MR512 > 0 && m % MR512 < 6);
+        let (pf, lines_per_block) = match full {
+            8.. => (PF_EVERY4, k.div_ceil(4)),
+            4.. => (PF_EVERY2, k.div_ceil(2)),
+            2.. => (PF_EVERY1, k),
+            _ => (PF_DENSE, 2 * k),
+        };
+        // Cache lines in a panel: `k` rows of 32 values, 128 bytes each.
+        let panel_lines = 2 * k;
         for p in 0..panels {
             let panel = b.data.as_ptr().add(p * k * NR);
-            // The next panel, fetched into L2 while the first block of rows runs on this one:
-            // at batch 1 the weights come from L3 on every forward pass, and a single-thread
-            // probe cycling through ViT-tiny's 22 MB of weights at 99 rows went from about
-            // 76-135 to 84-148 GFLOP/s with it (best of 35 runs, a noisy VM).
             let next = b.data.as_ptr().add((p + 1).min(panels - 1) * k * NR);
             let out = Out {
                 accumulate,
                 bias: bias.map(|v| v.as_ptr().add(p * NR)),
             };
             let mut i = 0;
+            let mut bi = 0;
             while i < m {
-                let rows = (m - i).min(MR512);
+                let rows = block_rows(m - i);
                 let ai = a.add(i * lda);
                 let ci = c.add(i * ldc + p * NR);
-                let prefetch = i == 0 && p + 1 < panels;
+                let first_line = bi * lines_per_block;
+                let prefetch = p + 1 < panels && rows == MR512 && first_line < panel_lines;
+                // This block's share of the next panel: 16 values (one line) per line.
+                let nx = next.wrapping_add(first_line * 16);
                 match rows {
-                    12 if prefetch => block::<12, true>(k, ai, lda, panel, ci, ldc, out, next),
-                    12 => block::<12, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    11 => block::<11, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    10 => block::<10, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    9 => block::<9, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    8 => block::<8, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    7 => block::<7, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    6 => block::<6, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    5 => block::<5, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    4 => block::<4, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    3 => block::<3, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    2 => block::<2, false>(k, ai, lda, panel, ci, ldc, out, next),
-                    _ => block::<1, false>(k, ai, lda, panel, ci, ldc, out, next),
+                    12 if prefetch => match pf {
+                        PF_EVERY4 => block::<12, PF_EVERY4>(k, ai, lda, panel, ci, ldc, out, nx),
+                        PF_EVERY2 => block::<12, PF_EVERY2>(k, ai, lda, panel, ci, ldc, out, nx),
+                        PF_EVERY1 => block::<12, PF_EVERY1>(k, ai, lda, panel, ci, ldc, out, nx),
+                        _ => block::<12, PF_DENSE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    },
+                    12 => block::<12, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    11 => block::<11, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    10 => block::<10, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    9 => block::<9, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    8 => block::<8, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    7 => block::<7, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    6 => block::<6, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    5 => block::<5, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    4 => block::<4, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    3 => block::<3, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    2 => block::<2, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
+                    _ => block::<1, PF_NONE>(k, ai, lda, panel, ci, ldc, out, nx),
                 }
                 i += rows;
+                bi += 1;
             }
         }
     }
 
-    /// `R` rows x 32 columns of output, the whole reduction in registers; with `PREFETCH`,
-    /// also asks for the `k x 32` panel at `next` to be brought into L2 (a hint: it reads
-    /// nothing and cannot fault).
+    /// No prefetch.
+    const PF_NONE: u8 = 0;
+    /// Two lines (a whole 32-value row of the next panel) every step of the reduction.
+    const PF_DENSE: u8 = 1;
+    /// One line every step.
+    const PF_EVERY1: u8 = 2;
+    /// One line every 2 steps.
+    const PF_EVERY2: u8 = 3;
+    /// One line every 4 steps.
+    const PF_EVERY4: u8 = 4;
+
+    /// `R` rows x 32 columns of output, the whole reduction in registers; unless `PF` is
+    /// [`PF_NONE`], also asks for consecutive cache lines from `next` on to be brought into L2
+    /// at the rate `PF` names (hints: they read nothing and cannot fault).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn block<const R: usize, const PREFETCH: bool>(
+    unsafe fn block<const R: usize, const PF: u8>(
         k: usize,
         a: *const f32,
         lda: usize,
@@ -412,9 +458,19 @@ mod avx512 {
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for kk in 0..k {
-            if PREFETCH {
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk * NR).cast());
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk * NR + 16).cast());
+            match PF {
+                PF_DENSE => {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk * NR).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk * NR + 16).cast());
+                }
+                PF_EVERY1 => _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk * 16).cast()),
+                PF_EVERY2 if kk % 2 == 0 => {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk / 2 * 16).cast())
+                }
+                PF_EVERY4 if kk % 4 == 0 => {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(kk / 4 * 16).cast())
+                }
+                _ => {}
             }
             let b0 = _mm512_loadu_ps(panel.add(kk * NR));
             let b1 = _mm512_loadu_ps(panel.add(kk * NR + 16));
@@ -676,8 +732,10 @@ mod tests {
         };
         let halves = PackedB::with_layout(&b, k, n, Layout::Halves16).expect("AVX2 present");
         let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.37 - 1.1).collect();
-        // 11 rows: one partial block of either kernel; 25: two whole AVX-512 blocks and a row.
-        for m in [11, 25] {
+        // 11 rows: one partial block of either kernel; 14: the AVX-512 kernel's two 7-row
+        // halves; 25: two whole blocks and a row; 98 and 110: seven and eight whole blocks and
+        // two halves (each of the spread prefetch rates runs in one of 25, 98 and 110).
+        for m in [11, 14, 25, 98, 110] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 5) % 23) as f32 / 3.0 - 3.5)
                 .collect();
