@@ -378,7 +378,8 @@ mod avx512 {
                 left.min(MR512)
             }
         };
-        let full = m / MR512 - usize::from(m > MR512 && m % MR512 > 0 && m % MR512 < 6);
+        let split = m > MR512 && (m % MR512).clamp(1, 5) == m % MR512;
+        let full = m / MR512 - usize::from(split);
         let (pf, lines_per_block) = match full {
             8.. => (PF_EVERY4, k.div_ceil(4)),
             4.. => (PF_EVERY2, k.div_ceil(2)),
