@@ -15,15 +15,15 @@
 pub(crate) mod kernels;
 mod matmul;
 pub(crate) mod packed;
+mod team;
 
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
-
 use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
 use self::matmul::{matmul, MatRef};
 use self::packed::{matmul_packed, pack_rows, pack_transposed, PackedB, PackedRef};
+use self::team::{run_stages, Shared};
 use super::VisionTransformer;
 
 /// Rows per tile: keeps a tile's MLP activations (`TILE x 4 * embed_dim`) in L2.
@@ -358,6 +358,12 @@ pub(crate) fn vit_forward(
 }
 
 /// The whole body on `batch` images: returns the final-normed class tokens, `(batch, d)`.
+///
+/// The pass is [`run_stages`]'s chain of stages, one task per thread in each: stage 0 embeds
+/// the patches and runs the first block's `norm1` + `qkv`; stage `1 + i` runs block `i` on
+/// each chunk's rows, reading every row's keys and values from `qkv[i % 2]` and writing the
+/// next block's `qkv` rows to `qkv[(i + 1) % 2]`; the last block's stage runs the class
+/// tokens only, one group of images per task.
 fn run(
     input: &[f32],
     batch: usize,
@@ -372,6 +378,9 @@ fn run(
     let threads = rayon::current_num_threads().max(1);
     let chunks = threads.min(rows.div_ceil(MIN_CHUNK_ROWS)).max(1);
     let tile = rows.min(TILE);
+    let layers = blocks.len();
+    // The last stage's image groups, one per task.
+    let per_group = batch.div_ceil(chunks);
 
     let Workspace {
         x,
@@ -382,8 +391,10 @@ fn run(
     } = ws;
     balance.reset(chunks, rows);
     let x = at_least(x, rows * d);
-    let mut qkv_cur = at_least(qkv_cur, rows * 3 * d);
-    let mut qkv_next = at_least(qkv_next, rows * 3 * d);
+    let qkv = [
+        Shared::new(at_least(qkv_cur, rows * 3 * d)),
+        Shared::new(at_least(qkv_next, rows * 3 * d)),
+    ];
     if scratch.len() < chunks {
         scratch.resize_with(chunks, Scratch::default);
     }
@@ -394,55 +405,87 @@ fn run(
         at_least(&mut sc.scores, tile * n.div_ceil(packed::NR) * packed::NR);
         at_least(&mut sc.patches, tile * dm.chans * dm.patch * dm.patch);
     }
-    let scratch = &mut scratch[..chunks];
+    let scratch = Shared::new(&mut scratch[..chunks]);
+    let xs = Shared::new(&mut x[..]);
+    // The split of the rows (changed only between stages) and each chunk's last time.
+    let plan = Mutex::new((balance, vec![0f64; chunks]));
+    let bounds = |c: usize| {
+        let plan = plan.lock().unwrap_or_else(|e| e.into_inner());
+        let b = plan.0.bounds();
+        (b[c], b[c + 1])
+    };
 
-    // Patch embedding, then the first block's norm1 + qkv.
-    for_each_tile(
-        x,
-        qkv_cur,
-        scratch,
-        balance.bounds(),
-        tile,
-        dm,
-        |row0, xt, qt, sc| {
-            embed_tile(input, row0, xt, sc, dm, embed);
-            if let Some(first) = blocks.first() {
-                norm_qkv_tile(xt, qt, sc, dm, first);
+    run_stages(
+        1 + layers,
+        chunks,
+        |stage, c| {
+            let start = std::time::Instant::now();
+            // SAFETY: task `c` is the only one using scratch `c`.
+            let sc = unsafe { &mut scratch.range_mut(c..c + 1)[0] };
+            sc.kv_image = None;
+            if stage == layers && stage > 0 {
+                // The last block: only the class tokens reach the output (timm's token
+                // pooling reads `x[:, 0]` after the final norm), and every row is computed
+                // independently of the others given the keys and values, so the other rows'
+                // attention and MLP are skipped. Their keys and values are all read.
+                let blk = &blocks[stage - 1];
+                // SAFETY: this stage writes no `qkv` buffer, and the image groups' rows of
+                // `x` are disjoint.
+                let (cur, xg) = unsafe {
+                    let g = (c * per_group).min(batch)..((c + 1) * per_group).min(batch);
+                    (
+                        qkv[(stage - 1) % 2].all(),
+                        xs.range_mut(g.start * n * d..g.end * n * d),
+                    )
+                };
+                for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
+                    let row0 = (c * per_group + j) * n;
+                    let cls = &mut image[..d];
+                    attention_tile(cur, row0, cls, sc, dm, blk);
+                    mlp_tile(cls, sc, dm, blk);
+                }
+                return;
+            }
+            let (lo, hi) = bounds(c);
+            // SAFETY: during a stage the chunks' rows are disjoint (the bounds change only
+            // between stages), and a stage writes `qkv[stage % 2]` and reads only the other.
+            let (xc, qc) = unsafe {
+                (
+                    xs.range_mut(lo * d..hi * d),
+                    qkv[stage % 2].range_mut(lo * 3 * d..hi * 3 * d),
+                )
+            };
+            if stage == 0 {
+                for_each_tile(lo, xc, qc, sc, tile, d, |row0, xt, qt, sc| {
+                    embed_tile(input, row0, xt, sc, dm, embed);
+                    if let Some(first) = blocks.first() {
+                        norm_qkv_tile(xt, qt, sc, dm, first);
+                    }
+                });
+            } else {
+                let (blk, next_blk) = (&blocks[stage - 1], blocks.get(stage));
+                // SAFETY: see above: nothing writes `qkv[(stage - 1) % 2]` in this stage.
+                let cur = unsafe { qkv[(stage - 1) % 2].all() };
+                for_each_tile(lo, xc, qc, sc, tile, d, |row0, xt, qt, sc| {
+                    attention_tile(cur, row0, xt, sc, dm, blk);
+                    mlp_tile(xt, sc, dm, blk);
+                    if let Some(nb) = next_blk {
+                        norm_qkv_tile(xt, qt, sc, dm, nb);
+                    }
+                });
+            }
+            let mut plan = plan.lock().unwrap_or_else(|e| e.into_inner());
+            plan.1[c] = start.elapsed().as_secs_f64();
+        },
+        |stage| {
+            // After each whole block, the split moves towards the chunks' measured speeds.
+            if stage > 0 && stage < layers {
+                let mut plan = plan.lock().unwrap_or_else(|e| e.into_inner());
+                let (balance, secs) = &mut *plan;
+                balance.update(secs);
             }
         },
     );
-    for (i, blk) in blocks.iter().enumerate() {
-        for sc in scratch.iter_mut() {
-            sc.kv_image = None;
-        }
-        let cur: &[f32] = qkv_cur;
-        let next_blk = blocks.get(i + 1);
-        if next_blk.is_none() {
-            // The last block: only the class tokens reach the output (timm's token pooling
-            // reads `x[:, 0]` after the final norm), and every row is computed independently
-            // of the others given the keys and values, so the other rows' attention and MLP
-            // are skipped. Their keys and values, already in `cur`, are all read.
-            last_block_class_tokens(x, cur, scratch, batch, dm, blk);
-            break;
-        }
-        let secs = for_each_tile(
-            x,
-            qkv_next,
-            scratch,
-            balance.bounds(),
-            tile,
-            dm,
-            |row0, xt, qt, sc| {
-                attention_tile(cur, row0, xt, sc, dm, blk);
-                mlp_tile(xt, sc, dm, blk);
-                if let Some(nb) = next_blk {
-                    norm_qkv_tile(xt, qt, sc, dm, nb);
-                }
-            },
-        );
-        balance.update(&secs);
-        std::mem::swap(&mut qkv_cur, &mut qkv_next);
-    }
 
     let mut out = vec![0f32; batch * d];
     for (b, o) in out.chunks_exact_mut(d).enumerate() {
@@ -452,76 +495,32 @@ fn run(
     out
 }
 
-/// The last block for the class token (row 0) of each image only, the images split across
-/// threads.
-fn last_block_class_tokens(
-    x: &mut [f32],
-    qkv: &[f32],
-    scratch: &mut [Scratch],
-    batch: usize,
-    dm: &Dims,
-    blk: &BlockW,
-) {
-    let Dims { d, n, .. } = *dm;
-    let per_group = batch.div_ceil(scratch.len().max(1));
-    x.par_chunks_mut(per_group * n * d)
-        .zip(scratch.par_iter_mut())
-        .enumerate()
-        .for_each(|(gi, (xg, sc))| {
-            for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
-                let row0 = (gi * per_group + j) * n;
-                let cls = &mut image[..d];
-                attention_tile(qkv, row0, cls, sc, dm, blk);
-                mlp_tile(cls, sc, dm, blk);
-            }
-        });
-}
-
-/// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on every tile, one chunk of rows
-/// per thread (chunk `i` is rows `bounds[i]..bounds[i + 1]`), each chunk cut into equal tiles
-/// of at most `tile` rows. Returns the seconds each chunk took.
-#[allow(clippy::too_many_arguments)]
+/// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on a chunk of rows starting at global
+/// row `row0`, cut into equal tiles of at most `tile` rows.
 fn for_each_tile<F>(
-    x: &mut [f32],
-    qkv: &mut [f32],
-    scratch: &mut [Scratch],
-    bounds: &[usize],
+    row0: usize,
+    xc: &mut [f32],
+    qc: &mut [f32],
+    sc: &mut Scratch,
     tile: usize,
-    dm: &Dims,
-    f: F,
-) -> Vec<f64>
-where
-    F: Fn(usize, &mut [f32], &mut [f32], &mut Scratch) + Sync,
+    d: usize,
+    mut f: F,
+) where
+    F: FnMut(usize, &mut [f32], &mut [f32], &mut Scratch),
 {
-    let d = dm.d;
-    let mut parts = Vec::with_capacity(bounds.len().saturating_sub(1));
-    let (mut xr, mut qr) = (x, qkv);
-    for (w, sc) in bounds.windows(2).zip(scratch.iter_mut()) {
-        let (xc, xrest) = std::mem::take(&mut xr).split_at_mut((w[1] - w[0]) * d);
-        let (qc, qrest) = std::mem::take(&mut qr).split_at_mut((w[1] - w[0]) * 3 * d);
-        (xr, qr) = (xrest, qrest);
-        parts.push((w[0], xc, qc, sc));
+    let rows = xc.len() / d;
+    let t = rows.div_ceil(rows.div_ceil(tile.max(1)).max(1));
+    let mut t0 = 0;
+    while t0 < rows {
+        let t = t.min(rows - t0);
+        f(
+            row0 + t0,
+            &mut xc[t0 * d..(t0 + t) * d],
+            &mut qc[t0 * 3 * d..(t0 + t) * 3 * d],
+            sc,
+        );
+        t0 += t;
     }
-    parts
-        .into_par_iter()
-        .map(|(row0, xc, qc, sc)| {
-            let start = std::time::Instant::now();
-            let rows = xc.len() / d;
-            let t = rows.div_ceil(rows.div_ceil(tile.max(1)).max(1));
-            let mut t0 = 0;
-            while t0 < rows {
-                let t = t.min(rows - t0);
-                f(
-                    row0 + t0,
-                    &mut xc[t0 * d..(t0 + t) * d],
-                    &mut qc[t0 * 3 * d..(t0 + t) * 3 * d],
-                    sc,
-                );
-                t0 += t;
-            }
-            start.elapsed().as_secs_f64()
-        })
-        .collect()
 }
 
 /// How the rows are shared out among the threads, rebalanced after every block from the time
