@@ -5,7 +5,9 @@
 //! Everything in a transformer block except attention works row by row (one row per token),
 //! so the `(batch * tokens)` rows are split into one contiguous chunk per thread, and each
 //! thread carries its rows through attention, `proj`, the MLP and the next block's `norm1` and
-//! `qkv` before the threads meet again: one synchronisation per block. Attention reads every
+//! `qkv` before the threads meet again: one synchronisation per block, a short spin in
+//! [`team::run_stages`] (the threads stay in the pass from its first block to its last).
+//! Attention reads every
 //! row's keys and values, so each block's `qkv` output goes to a second buffer while the
 //! current one is still being read. Within a chunk, rows are processed in tiles so the MLP's
 //! hidden activations stay in cache. Attention reads `q`, `k` and `v` straight out of the
@@ -336,8 +338,8 @@ pub(crate) fn vit_forward(
         cls: s[2],
         pos: s[3],
     };
-    // Inside the thread pool: the thirteen parallel steps of a forward pass then start and
-    // finish on pool threads, instead of each waking the calling thread when it ends.
+    // Inside the thread pool: the pass's stages then run on pool threads, and the calling
+    // thread is woken once, at the end.
     let out = rayon::scope(|_| {
         run(
             input.slice(),
