@@ -642,7 +642,19 @@ fn norm_qkv_tile(xt: &[f32], qt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &
     let t = xt.len() / d;
     let normed = &mut sc.normed[..t * d];
     layer_norm_rows(xt, normed, blk.norm1.0, blk.norm1.1, dm.eps);
-    blk.qkv.apply(t, d, 3 * d, normed, qt, 3 * d, false, true);
+    // Computed into the MLP's scratch (free again by now, and in L2), then copied out in one
+    // go: written straight into the pass-wide `qkv` buffer (last touched two stages earlier),
+    // the kernel's stores stall on fetching their lines, and at batch 32 `qkv` took 24% longer
+    // than with its output in cache (per-op timers). With the copy, interleaved A/B runs gave
+    // batch 1 -6% and -9%, batch 32 -1% and +5% (noise on this VM).
+    match sc.hidden.get_mut(..qt.len()) {
+        Some(staged) => {
+            blk.qkv
+                .apply(t, d, 3 * d, normed, staged, 3 * d, false, true);
+            qt.copy_from_slice(staged);
+        }
+        None => blk.qkv.apply(t, d, 3 * d, normed, qt, 3 * d, false, true),
+    }
 }
 
 /// `x += proj(attention(qkv))` for the tile's rows; keys and values come from every row of
