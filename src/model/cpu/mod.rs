@@ -176,8 +176,8 @@ struct Scratch {
 #[derive(Default)]
 pub(crate) struct Workspace {
     x: Vec<f32>,
-    qkv_cur: Vec<f32>,
-    qkv_next: Vec<f32>,
+    /// The two `qkv` buffers: stage `s` writes `qkv[s % 2]` and reads the other.
+    qkv: [Vec<f32>; 2],
     scratch: Vec<Scratch>,
     balance: Balance,
 }
@@ -386,16 +386,15 @@ fn run(
 
     let Workspace {
         x,
-        qkv_cur,
-        qkv_next,
+        qkv: [qkv_even, qkv_odd],
         scratch,
         balance,
     } = ws;
     balance.reset(chunks, rows);
     let x = at_least(x, rows * d);
     let qkv = [
-        Shared::new(at_least(qkv_cur, rows * 3 * d)),
-        Shared::new(at_least(qkv_next, rows * 3 * d)),
+        Shared::new(at_least(qkv_even, rows * 3 * d)),
+        Shared::new(at_least(qkv_odd, rows * 3 * d)),
     ];
     if scratch.len() < chunks {
         scratch.resize_with(chunks, Scratch::default);
