@@ -11,17 +11,29 @@ below (so the bit depth, colour type and chunks are exactly what each case needs
 - `<name>.rgb`: PIL's `convert('RGB')` as raw row-major RGB bytes (only for images PIL opens);
 - `<name>.transposed.rgb`: for the EXIF cases, `ImageOps.exif_transpose(im).convert('RGB')`;
 - `manifest.json`: one entry per image: file, PIL's mode, width, height, and the raw file
-  (or null when PIL cannot open it).
+  (or null when PIL cannot open it, with PIL's error); for the `crc_*` cases also the chunk
+  whose CRC was broken (`bad_crc`: type, index, byte offset of the chunk).
+
+The `crc_*` PNGs (16x16) carry one chunk with a wrong CRC each (`crc_rgb_ok` and
+`crc_pal_ok`: none), to pin down where Pillow checks chunk CRCs. Pillow 13 with its default
+`ImageFile.LOAD_TRUNCATED_IMAGES = False`: `Image.open` walks every chunk before the first
+`IDAT` and checks its CRC, critical or ancillary, known to PIL (iCCP, gAMA, pHYs, tEXt, PLTE,
+tRNS) or skipped by it (tIME, a private chunk); a mismatch raises `SyntaxError`, which
+`Image.open` reports as `UnidentifiedImageError: cannot identify image file`. The CRCs of the
+`IDAT` chunks and of every chunk after them (tEXt, IEND) are read past and never compared: such
+files decode, with the same pixels. (With `LOAD_TRUNCATED_IMAGES = True`, not fastai's default,
+PIL skips the CRCs of ancillary chunks too; IHDR and PLTE stay checked.)
 """
 
 import io
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hostile"
 W, H = 32, 24
@@ -101,6 +113,96 @@ def rows16(a):
 
 def rows8(a):
     return [bytes(a[r].reshape(-1).astype(np.uint8)) for r in range(H)]
+
+
+def crc_chunks(base):
+    """The chunks of a 16x16 PNG with ancillary chunks before and after its two IDAT chunks:
+    `rgb` (8-bit RGB, iCCP, gAMA, pHYs, tIME, tEXt, a private `prVt`) or `pal` (8-bit palette,
+    PLTE, tRNS)."""
+    from PIL import ImageCms
+
+    rng = np.random.default_rng(70 if base == "rgb" else 71)
+    n = 16
+    if base == "rgb":
+        px = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
+        ihdr = struct.pack(">IIBBBBB", n, n, 8, 2, 0, 0, 0)
+        rows = [px[r].tobytes() for r in range(n)]
+        icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        before = [
+            (b"iCCP", b"sRGB\x00\x00" + zlib.compress(icc, 9)),
+            (b"gAMA", struct.pack(">I", 45455)),
+            (b"pHYs", struct.pack(">IIB", 2835, 2835, 1)),
+            (b"tIME", struct.pack(">HBBBBB", 2026, 12, 4, 12, 0, 0)),
+            (b"tEXt", b"Comment\x00before the image data"),
+            (b"prVt", b"a private ancillary chunk PIL does not know"),
+        ]
+    else:
+        idx = rng.integers(0, 8, (n, n), dtype=np.uint8)
+        ihdr = struct.pack(">IIBBBBB", n, n, 8, 3, 0, 0, 0)
+        rows = [idx[r].tobytes() for r in range(n)]
+        before = [(b"PLTE", bytes(rng.integers(0, 256, 24, dtype=np.uint8))), (b"tRNS", bytes([0, 128]))]
+    data = zlib.compress(b"".join(b"\x00" + r for r in rows), 9)
+    half = len(data) // 2
+    return ([(b"IHDR", ihdr)] + before
+            + [(b"IDAT", data[:half]), (b"IDAT", data[half:]),
+               (b"tEXt", b"Comment\x00after the image data"), (b"IEND", b"")])
+
+
+def crc_png(chunks, bad=None):
+    """The PNG of `chunks`, the CRC of chunk number `bad` (if any) off by one bit.
+    Returns (bytes, byte offset of the bad chunk or None)."""
+    out, at = b"\x89PNG\r\n\x1a\n", None
+    for i, (kind, data) in enumerate(chunks):
+        c = chunk(kind, data)
+        if i == bad:
+            at = len(out)
+            c = c[:-4] + struct.pack(">I", struct.unpack(">I", c[-4:])[0] ^ 1)
+        out += c
+    return out, at
+
+
+def crc_cases():
+    """name -> (file bytes, bad-CRC description or None)."""
+    out = {}
+    for base in ("rgb", "pal"):
+        chunks = crc_chunks(base)
+        out[f"crc_{base}_ok"] = (crc_png(chunks)[0], None)
+        seen = {}
+        first_idat = next(i for i, (k, _) in enumerate(chunks) if k == b"IDAT")
+        for i, (kind, _) in enumerate(chunks):
+            # The palette image adds only its own chunks (PLTE, tRNS) to the RGB image's cases.
+            if base == "pal" and kind not in (b"PLTE", b"tRNS"):
+                continue
+            k = kind.decode().lower()
+            seen[k] = seen.get(k, 0) + 1
+            if kind == b"IDAT":
+                k = f"idat{seen[k]}"
+            elif kind == b"tEXt":
+                k = "text_before_idat" if i < first_idat else "text_after_idat"
+            data, at = crc_png(chunks, i)
+            out[f"crc_{base}_{k}"] = (data, {"chunk": kind.decode(), "index": i, "offset": at})
+    # Corrupt image data: one byte of the first IDAT's zlib data, or of the zlib stream's
+    # Adler-32 (the last 4 bytes of the last IDAT), flipped, the chunk's CRC left wrong (as
+    # a damaged file has it) or recomputed. PIL's zlib refuses all of them.
+    chunks = crc_chunks("rgb")
+    good, _ = crc_png(chunks)
+    idats = [i for i, (k, _) in enumerate(chunks) if k == b"IDAT"]
+    offsets, at = [], 8
+    for kind, data in chunks:
+        offsets.append(at)
+        at += 12 + len(data)
+    for name, i, pos in [("data", idats[0], len(chunks[idats[0]][1]) // 2),
+                         ("adler32", idats[-1], len(chunks[idats[-1]][1]) - 1)]:
+        for crc in ("wrong", "recomputed"):
+            flip = offsets[i] + 8 + pos
+            b = bytearray(good)
+            b[flip] ^= 0x55
+            if crc == "recomputed":
+                end = offsets[i] + 8 + len(chunks[i][1])
+                b[end:end + 4] = struct.pack(">I", zlib.crc32(bytes(b[offsets[i] + 4:end])))
+            out[f"zlib_{name}_crc_{crc}"] = (bytes(b), {"chunk": "IDAT", "index": i, "offset": offsets[i],
+                                                     "flipped_byte": flip, "crc": crc})
+    return out
 
 
 def images():
@@ -192,16 +294,23 @@ def images():
     out["bomb_gif"] = (bytes(gif), "gif")
     # A zero-width PNG (PIL: "image size is zero" style error).
     out["zero_width"] = (png(0, 4, 8, 2, [b""] * 4), "png")
+    for name, (data, _) in crc_cases().items():
+        out[name] = (data, "png")
     return out
 
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     manifest = []
+    crc = {name: bad for name, (_, bad) in crc_cases().items()}
+    # fastai runs PIL with its defaults; the CRC cases depend on this one.
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     for name, (data, ext) in images().items():
         f = OUT / f"{name}.{ext}"
         f.write_bytes(data)
         entry = {"name": name, "file": f.name}
+        if name in crc:
+            entry["bad_crc"] = crc[name]
         try:
             im = Image.open(io.BytesIO(data))
             entry.update(mode=im.mode, width=im.width, height=im.height)
@@ -214,7 +323,14 @@ def main():
                 (OUT / f"{name}.transposed.rgb").write_bytes(t.tobytes())
                 entry.update(transposed=f"{name}.transposed.rgb", transposed_size=[t.width, t.height])
         except Exception as e:  # noqa: BLE001 - recorded, not hidden
-            entry.update(mode=None, error=f"{type(e).__name__}: {e}", rgb=None)
+            msg = re.sub(r"<_io.BytesIO object at 0x[0-9a-f]+>", "<file>", str(e))
+            entry.update(mode=None, error=f"{type(e).__name__}: {msg}", rgb=None)
+            if name.startswith("crc_"):
+                # The PNG plugin's own reason, which Image.open reports as "cannot identify".
+                try:
+                    PngImagePlugin.PngImageFile(io.BytesIO(data))
+                except SyntaxError as why:
+                    entry["png_plugin_error"] = f"SyntaxError: {why}"
         manifest.append(entry)
         print(entry)
     (OUT / "manifest.json").write_text(json.dumps({"pillow": Image.__version__, "images": manifest}, indent=1) + "\n")

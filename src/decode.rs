@@ -29,6 +29,23 @@
 //! `DecompressionBombError` limit) is refused from its header, before any pixel buffer is
 //! allocated ([`Error::ImageTooLarge`]).
 //!
+//! PNG chunk CRCs are checked where PIL checks them, and only there (Pillow 13 with fastai's
+//! default `ImageFile.LOAD_TRUNCATED_IMAGES = False`; each case is a fixture checked against
+//! Pillow in `tests/hostile_images.rs`). A wrong CRC in any chunk before the first `IDAT`
+//! (`IHDR`, `PLTE`, `tRNS`, `iCCP`, `gAMA`, `pHYs`, `tEXt`, ..., and chunks PIL does not
+//! interpret, such as `tIME` or a private chunk) makes PIL's `Image.open` fail ("cannot
+//! identify image file"), so `learn.predict` raises; here the file is refused with an
+//! [`Error::ImageDecode`] naming the file and the chunk, whose source is a [`PngCrcMismatch`]
+//! (chunk, offset, stored and computed CRC). PIL never compares the CRCs of the `IDAT`
+//! chunks nor of any chunk after them (`tEXt`, `IEND`, ...): such a file decodes, to the same
+//! pixels as PIL's. PIL's zlib still checks the image data itself: when an `IDAT` CRC is
+//! wrong, the data is inflated once before decoding and a broken stream or a wrong Adler-32
+//! is refused, as PIL refuses it ("broken data stream"). One divergence is known and kept: a
+//! file whose zlib data is corrupt but whose `IDAT` CRCs were computed over the corrupt bytes
+//! (an encoder bug, not damage in transit) is decoded as the `png` crate decodes it, which
+//! does not check the Adler-32, where PIL refuses it; checking every PNG that way would
+//! inflate each one twice.
+//!
 //! Like fastai, the EXIF orientation tag is ignored by default: pixels are used as stored.
 //! [`DecodeOptions::apply_exif_orientation`] applies it (as PIL's `ImageOps.exif_transpose`).
 //!
@@ -153,6 +170,9 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             reason: "the file is empty (0 bytes)".into(),
         });
     }
+    // A copy of a PNG whose IDAT-or-later CRCs were corrected (see `png_check_chunks`); it
+    // must outlive the reader.
+    let mut patched: Option<Vec<u8>> = None;
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(image::ImageError::IoError(e)))?;
@@ -176,15 +196,28 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             ),
         )));
     }
+    // PNG image data whose chunk CRCs were wrong, to be checked as PIL's zlib checks it.
+    let mut unchecked_image_data = None;
     if reader_format == Some(image::ImageFormat::Png) {
-        if let Err(reason) = png_palette_ok(bytes) {
-            return Err(decode_err(image::ImageError::Decoding(
-                image::error::DecodingError::new(
-                    image::error::ImageFormatHint::Exact(image::ImageFormat::Png),
-                    reason,
-                ),
-            )));
+        match png_check_chunks(bytes) {
+            Err(PngRefusal::Crc(m)) => return Err(png_err(origin, Box::new(m))),
+            Err(PngRefusal::Palette(reason)) => return Err(png_err(origin, reason.into())),
+            Ok(walk) if walk.crc_fixes.is_empty() => {}
+            Ok(walk) => {
+                // PIL never compares these CRCs (IDAT and later chunks); the `png` crate would
+                // refuse the critical ones, so decode a copy with them corrected.
+                let mut copy = bytes.to_vec();
+                for (at, crc) in &walk.crc_fixes {
+                    copy[*at..*at + 4].copy_from_slice(&crc.to_be_bytes());
+                }
+                patched = Some(copy);
+                unchecked_image_data = Some(walk.image_data);
+            }
         }
+    }
+    if let Some(copy) = &patched {
+        reader = ImageReader::new(std::io::Cursor::new(copy.as_slice()));
+        reader.set_format(image::ImageFormat::Png);
     }
     let mut limits = Limits::default();
     limits.max_alloc = Some(alloc_limit(options.max_pixels));
@@ -206,6 +239,14 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             height,
             max_pixels: options.max_pixels,
         });
+    }
+    if let Some(ranges) = unchecked_image_data {
+        // Within the size limits: now inflate the image data once to check it.
+        let cap = decoder
+            .total_bytes()
+            .saturating_mul(2)
+            .saturating_add(1 << 16);
+        png_image_data_intact(bytes, &ranges, cap).map_err(|e| png_err(origin, e.into()))?;
     }
     let orientation = if options.apply_exif_orientation {
         // A broken EXIF block is ignored (as a viewer would), never fatal.
@@ -250,26 +291,156 @@ fn guarded<T>(origin: &str, f: impl FnOnce() -> image::ImageResult<T>) -> image:
     })
 }
 
-/// Checks a PNG's `PLTE` chunk before decoding: its length must be a whole number of RGB
-/// entries, 1 to 256 (PNG spec 11.2.3). The `png` crate (0.18) panics on a palette of another
-/// length when it expands it (found by fuzzing). The chunks before the first `IDAT` are walked
-/// by their lengths; a layout too broken to walk is left to the decoder to reject.
-fn png_palette_ok(bytes: &[u8]) -> std::result::Result<(), String> {
+/// A PNG chunk before the image data whose CRC does not match its bytes: the file is refused,
+/// as PIL refuses it. Carried as the source of the [`Error::ImageDecode`] that reports it
+/// (reach it with [`std::error::Error::source`] on the `image::ImageError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PngCrcMismatch {
+    /// The chunk's four-byte type, e.g. `*b"iCCP"`.
+    pub chunk: [u8; 4],
+    /// Byte offset of the chunk (its length field) in the file.
+    pub offset: usize,
+    /// The CRC stored after the chunk.
+    pub stored: u32,
+    /// The CRC-32 of the chunk's type and data.
+    pub computed: u32,
+}
+
+impl std::fmt::Display for PngCrcMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bad CRC in the {} chunk at byte {} (stored {:#010x}, computed {:#010x}); \
+             PIL refuses such a file (\"cannot identify image file\")",
+            self.chunk.escape_ascii(),
+            self.offset,
+            self.stored,
+            self.computed
+        )
+    }
+}
+
+impl std::error::Error for PngCrcMismatch {}
+
+/// A PNG refused by this crate's own checks, as an [`Error::ImageDecode`].
+fn png_err(origin: &str, e: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::ImageDecode {
+        origin: origin.to_string(),
+        source: image::ImageError::Decoding(image::error::DecodingError::new(
+            image::error::ImageFormatHint::Exact(image::ImageFormat::Png),
+            e,
+        )),
+    }
+}
+
+/// What [`png_check_chunks`] found in a PNG it does not refuse.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PngWalk {
+    /// Wrong CRCs at or after the first `IDAT`: (offset of the CRC, the right CRC).
+    crc_fixes: Vec<(usize, u32)>,
+    /// The byte ranges of the `IDAT` chunks' data, in file order.
+    image_data: Vec<std::ops::Range<usize>>,
+}
+
+/// Why a PNG is refused before decoding.
+#[derive(Debug)]
+enum PngRefusal {
+    Crc(PngCrcMismatch),
+    Palette(String),
+}
+
+/// Whether chunk CRCs are compared. Fuzz builds (`--cfg fuzzing`, set by cargo-fuzz) skip
+/// them, as the `png` crate does, so that mutated inputs reach the decoders.
+const CHECK_PNG_CRCS: bool = !cfg!(fuzzing);
+
+/// Walks a PNG's chunks by their lengths before decoding and applies PIL's rules
+/// (Pillow 13, `PngImagePlugin`, with fastai's default `LOAD_TRUNCATED_IMAGES = False`):
+///
+/// - every chunk before the first `IDAT` (critical or ancillary, known to PIL or not) must
+///   carry the right CRC: `Image.open` checks each one and raises otherwise;
+/// - the CRCs of the `IDAT` chunks and of every chunk after them are never compared by PIL,
+///   which decodes such a file. The `png` crate does compare those of critical chunks
+///   (`IDAT`, `IEND`), so wrong ones are returned here (`crc_fixes`) for the caller to correct
+///   in a copy before decoding. PIL's zlib then still checks the image data itself (its
+///   Adler-32 and its codes), and so must the caller ([`png_image_data_intact`], with
+///   `image_data`): the `png` crate ignores the Adler-32, and a wrong `IDAT` CRC is most often
+///   corrupt data;
+/// - the `PLTE` chunk's length must be a whole number of RGB entries, 1 to 256 (PNG spec
+///   11.2.3): the `png` crate (0.18) panics on a palette of another length when it expands it
+///   (found by fuzzing).
+///
+/// A layout too broken to walk (a chunk running past the end of the file) stops the walk;
+/// the decoder then rejects the file (or, when only the end of `IEND` is missing, decodes it,
+/// as PIL does).
+fn png_check_chunks(bytes: &[u8]) -> std::result::Result<PngWalk, PngRefusal> {
+    let mut walk = PngWalk::default();
+    let mut in_image_data = false;
     let mut i = 8; // after the signature
     while let Some(head) = bytes.get(i..i + 8) {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let kind = &head[4..8];
-        if kind == b"PLTE" && (!len.is_multiple_of(3) || len == 0 || len > 768) {
-            return Err(format!(
-                "invalid PLTE chunk: {len} bytes, not 1 to 256 RGB entries of 3 bytes"
-            ));
+        let kind = [head[4], head[5], head[6], head[7]];
+        if &kind == b"IEND" && !in_image_data {
+            break; // PIL stops there too, unchecked; the decoder finds no image data.
         }
-        if kind == b"IDAT" || kind == b"IEND" {
+        in_image_data |= &kind == b"IDAT";
+        if &kind == b"PLTE" && (!len.is_multiple_of(3) || len == 0 || len > 768) {
+            return Err(PngRefusal::Palette(format!(
+                "invalid PLTE chunk: {len} bytes, not 1 to 256 RGB entries of 3 bytes"
+            )));
+        }
+        let crc_at = i.saturating_add(8).saturating_add(len);
+        let Some(stored) = bytes.get(crc_at..crc_at.saturating_add(4)) else {
+            break;
+        };
+        let stored = u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
+        if CHECK_PNG_CRCS {
+            let computed = crc32fast::hash(&bytes[i + 4..crc_at]);
+            if computed != stored {
+                if !in_image_data {
+                    return Err(PngRefusal::Crc(PngCrcMismatch {
+                        chunk: kind,
+                        offset: i,
+                        stored,
+                        computed,
+                    }));
+                }
+                walk.crc_fixes.push((crc_at, computed));
+            }
+        }
+        if &kind == b"IDAT" {
+            walk.image_data.push(i + 8..crc_at);
+        }
+        if &kind == b"IEND" {
             break;
         }
-        i = i.saturating_add(12).saturating_add(len);
+        i = crc_at + 4;
     }
-    Ok(())
+    Ok(walk)
+}
+
+/// Inflates a PNG's image data (the `ranges` of its `IDAT` chunks, one zlib stream) into a
+/// sink, to check it as PIL's zlib does: an invalid code or a wrong Adler-32 is an error
+/// (PIL: "broken data stream when reading image file"). Stops after `cap` inflated bytes,
+/// or at a stream cut short, leaving those to the decoder.
+fn png_image_data_intact(
+    bytes: &[u8],
+    ranges: &[std::ops::Range<usize>],
+    cap: u64,
+) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let data: Vec<u8> = ranges
+        .iter()
+        .flat_map(|r| &bytes[r.clone()])
+        .copied()
+        .collect();
+    let mut inflated = flate2::read::ZlibDecoder::new(data.as_slice()).take(cap);
+    match std::io::copy(&mut inflated, &mut std::io::sink()) {
+        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => Err(format!(
+            "the image data is corrupt ({e}) and its IDAT chunks' CRCs are wrong; PIL \
+             refuses such a file too (\"broken data stream when reading image file\")"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a JPEG has an end-of-image marker after its first scan header, i.e. was not cut
@@ -448,23 +619,89 @@ mod tests {
         assert_eq!(ok.unwrap(), 3);
     }
 
+    /// A PNG from `(type, data)` chunks with right CRCs.
+    fn png(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in chunks {
+            v.extend((data.len() as u32).to_be_bytes());
+            v.extend(*kind);
+            v.extend(data);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(*kind);
+            crc.update(data);
+            v.extend(crc.finalize().to_be_bytes());
+        }
+        v
+    }
+
     #[test]
     fn png_palettes_must_be_whole_rgb_entries() {
-        let png = |plte_len: u32| {
-            let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
-            v.extend([0; 13 + 4]);
-            v.extend(plte_len.to_be_bytes());
-            v.extend(b"PLTE");
-            v.extend(vec![0; plte_len as usize + 4]);
-            v.extend(b"\0\0\0\0IDAT");
-            v
+        let with_plte = |plte_len: usize| {
+            png(&[
+                (b"IHDR", vec![0; 13]),
+                (b"PLTE", vec![0; plte_len]),
+                (b"IDAT", vec![]),
+            ])
         };
-        assert!(png_palette_ok(&png(48)).is_ok());
-        assert!(png_palette_ok(&png(768)).is_ok());
+        assert!(png_check_chunks(&with_plte(48)).is_ok());
+        assert!(png_check_chunks(&with_plte(768)).is_ok());
         for bad in [0, 53, 769, 771] {
-            assert!(png_palette_ok(&png(bad)).is_err(), "{bad}");
+            assert!(
+                matches!(
+                    png_check_chunks(&with_plte(bad)),
+                    Err(PngRefusal::Palette(_))
+                ),
+                "{bad}"
+            );
         }
         // Too short to walk: left to the decoder.
-        assert!(png_palette_ok(b"\x89PNG\r\n\x1a\n\0\0").is_ok());
+        assert_eq!(
+            png_check_chunks(b"\x89PNG\r\n\x1a\n\0\0").unwrap(),
+            PngWalk::default()
+        );
+    }
+
+    #[test]
+    fn png_crcs_are_refused_before_the_image_data_and_corrected_after_it() {
+        let chunks: [(&[u8; 4], Vec<u8>); 5] = [
+            (b"IHDR", vec![7; 13]),
+            (b"gAMA", vec![0, 0, 177, 143]),
+            (b"IDAT", vec![1, 2, 3]),
+            (b"tEXt", b"a\0b".to_vec()),
+            (b"IEND", vec![]),
+        ];
+        let good = png(&chunks);
+        let walk = png_check_chunks(&good).unwrap();
+        assert!(walk.crc_fixes.is_empty());
+        assert_eq!(walk.image_data, vec![57..60]);
+        // Byte offsets of each chunk, and of its CRC.
+        let offsets = [8usize, 33, 49, 64, 79];
+        let crc_at = |k: usize| offsets[k] + 8 + chunks[k].1.len();
+        for (k, (kind, _)) in chunks.iter().enumerate() {
+            let mut bad = good.clone();
+            bad[crc_at(k) + 3] ^= 1;
+            let right = u32::from_be_bytes(good[crc_at(k)..crc_at(k) + 4].try_into().unwrap());
+            match (k, png_check_chunks(&bad)) {
+                (0 | 1, Err(PngRefusal::Crc(m))) => {
+                    assert_eq!(m.chunk, **kind);
+                    assert_eq!(m.offset, offsets[k]);
+                    assert_eq!((m.computed, m.stored), (right, right ^ 1));
+                    let msg = m.to_string();
+                    assert!(msg.contains(std::str::from_utf8(*kind).unwrap()), "{msg}");
+                }
+                (2.., Ok(walk)) => assert_eq!(walk.crc_fixes, vec![(crc_at(k), right)]),
+                (k, other) => panic!("chunk {k}: {other:?}"),
+            }
+        }
+        // A chunk cut short before its CRC ends the walk.
+        assert_eq!(
+            png_check_chunks(&good[..crc_at(1) + 2]).unwrap(),
+            PngWalk::default()
+        );
+        // IEND before any IDAT ends it unchecked, as in PIL.
+        let mut early = png(&[(b"IHDR", vec![7; 13]), (b"IEND", vec![])]);
+        let n = early.len();
+        early[n - 1] ^= 1;
+        assert_eq!(png_check_chunks(&early).unwrap(), PngWalk::default());
     }
 }
