@@ -11,14 +11,23 @@ Run it in the reference environment (see scripts/README.md):
 Steps (each can be run alone, in this order):
   images  build tests/fixtures/images/ from photos that ship inside PyPI packages
   train   train a fastai vision_learner (vit_tiny_patch16_224, pretrained=False) on images made
-          from those photos; learn.save(with_opt=False); convert to weights/*.safetensors
-  golden  for every fixture image, write what fastai itself computes: the 460x460 item bytes,
-          the normalized input, the logits and learn.predict's probabilities
+          from those photos; learn.save(with_opt=False); convert to weights/*.safetensors with
+          every float rounded to f16 (the demo weights; the crate loads f16 as f32)
+  half    round the committed weights file's floats to f16 in place (what `train` now writes;
+          a no-op on an f16 file)
+  golden  for every fixture image, write what fastai itself computes, with the committed
+          (f16) weights loaded into the fastai model in f32: SHA-256 digests of the 460x460
+          item bytes and of the normalized input, the logits and learn.predict's
+          probabilities; the item bytes in full (as PNG) for the JPEGs, whose decoder differs,
+          and the normalized input in full for chelsea.png (see GOLDEN_README)
   stages  per-stage references: PIL resizes, torch area interpolation, torch grid_sample
+          (digests of the large outputs, inputs made by a seeded SplitMix64 or cut from the
+          fixture PNGs, see STAGES_README)
 
 Nothing here downloads anything: the photos come from the installed scikit-image, matplotlib
 and scikit-learn packages, and the model is trained from scratch.
 """
+import hashlib
 import json
 import math
 import os
@@ -105,18 +114,18 @@ def make_images():
     Image.merge("LA", (l, alpha)).save(IMAGES / "coins_LA.png")
     # RGBA PNG: the horse silhouette (its own alpha).
     horse.convert("RGBA").save(IMAGES / "horse_RGBA.png")
-    # RGBA PNG with colour under transparent pixels: coffee with a radial alpha.
-    a = Image.radial_gradient("L").resize(coffee.size)
-    c = coffee.copy()
-    c.putalpha(a)
+    # RGBA PNG with colour under transparent pixels: a crop of coffee with a radial alpha
+    # (transparent at the centre).
+    c = coffee.crop((150, 100, 450, 300))
+    c.putalpha(Image.radial_gradient("L").resize(c.size))
     c.save(IMAGES / "coffee_RGBA.png")
     # P PNG (adaptive palette) with a transparent palette entry.
     p = chelsea.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     p.save(IMAGES / "chelsea_P.png", transparency=0)
     # Tiny RGB PNG (upscaled 8x by the item transform).
     rocket.crop((300, 100, 337, 161)).save(IMAGES / "rocket_tiny.png")
-    # Large RGB PNG (downscaled ~2.6x).
-    retina.crop((0, 100, 1411, 1240)).save(IMAGES / "retina_large.png")
+    # Large RGB PNG (downscaled ~2.1x and 1.7x to 532x532).
+    retina.crop((0, 0, 1100, 900)).save(IMAGES / "retina_large.png")
     # Odd-sized RGB PNG, both sides odd.
     coffee.crop((13, 7, 13 + 333, 7 + 217)).save(IMAGES / "coffee_odd.png")
     # JPEGs as shipped (decoder differences are measured, not hidden).
@@ -204,17 +213,41 @@ def train(epochs=12):
 
 
 def convert(pth, vocab):
-    """learn.save's state_dict -> safetensors, with the vocab in the metadata."""
+    """learn.save's state_dict -> safetensors, floats rounded to f16, the vocab in the metadata."""
     import torch
-    from safetensors.torch import save_file
 
     sd = torch.load(pth, map_location="cpu", weights_only=True)
     if "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
-    sd = {k: v.contiguous() for k, v in sd.items()}
     WEIGHTS.mkdir(exist_ok=True)
-    save_file(sd, WEIGHTS_FILE, metadata={"vocab": json.dumps(vocab)})
-    print(f"wrote {WEIGHTS_FILE} ({len(sd)} tensors)")
+    write_half(sd, {"vocab": json.dumps(vocab)})
+
+
+def write_half(sd, metadata):
+    """Writes WEIGHTS_FILE with every floating-point tensor rounded to f16 (round to nearest
+    even, torch's .half()); integer tensors (num_batches_tracked) unchanged."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = {}
+    for k, v in sd.items():
+        if v.is_floating_point():
+            h = v.half()
+            assert torch.isfinite(h).all(), f"{k} overflows f16"
+            v = h
+        out[k] = v.contiguous()
+    save_file(out, WEIGHTS_FILE, metadata=metadata)
+    print(f"wrote {WEIGHTS_FILE} ({len(out)} tensors, floats in f16)")
+
+
+def half():
+    """Rounds the committed weights file to f16 in place, keeping its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(WEIGHTS_FILE, "pt") as f:
+        metadata = f.metadata()
+    write_half(load_file(WEIGHTS_FILE), metadata)
 
 
 def load_learner_from_fixture():
@@ -237,7 +270,11 @@ def load_learner_from_fixture():
     )
     dls = dblock.dataloaders(IMAGES, bs=1, num_workers=0)
     learn = vision_learner(dls, "vit_tiny_patch16_224", pretrained=False)
-    learn.model.load_state_dict(load_file(WEIGHTS_FILE))
+    # The file's f16 values, exactly, in the f32 model.
+    sd = load_file(WEIGHTS_FILE)
+    assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
+    learn.model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                 for k, v in sd.items()})
     learn.model.eval()
     return learn
 
@@ -246,14 +283,48 @@ def load_learner_from_fixture():
 # golden
 # ---------------------------------------------------------------------------------------------
 
+# The images whose normalized input (1, 3, 224, 224) f32 is stored in full, to diagnose a
+# digest mismatch and to hold the 1e-6 bar on an array; every other array is a digest.
+FULL_INPUT = ["chelsea.png"]
+
+GOLDEN_README = """# Golden outputs of fastai for the fixture images
+
+Written by `scripts/make_fixtures.py golden` (versions in `manifest.json`) from the committed
+`weights/pets_vit_tiny.safetensors` (f16 values, loaded into the fastai model in f32) and the
+images of `tests/fixtures/images/`: for each image, `learn.dls.test_dl([path]).one_batch()`
+(the normalized input), the 460x460 item bytes before the batch transforms
+(`dl.do_item(0)` on the validation split), `learn.model(input)` (logits) and
+`learn.predict(path)` (probabilities).
+
+- `manifest.json`: per image its format, PIL mode, size, fastai's label and index, and the
+  SHA-256 of fastai's item bytes (`item_sha256`, HWC `uint8`) and of its normalized input
+  (`input_sha256`, NCHW `float32` little-endian bytes). A bit-identity test compares digests.
+- `golden.safetensors`: `<stem>.logits` (1, 37) and `<stem>.probs` (37,) f32 for every image
+  (tolerances are asserted on them), and `<stem>.input` in full for the images of
+  `FULL_INPUT` (chelsea).
+- `items/<stem>.png`: fastai's item bytes for the JPEG images, losslessly as PNG (their digest
+  is `item_sha256`): the crate's JPEG decoder differs from libjpeg-turbo, so their item is
+  compared by a tolerance, and the model's input is rebuilt from it.
+"""
+
+
+def sha256(t):
+    """SHA-256 of a tensor's contiguous bytes (little-endian), as tests/common computes it."""
+    import torch
+    return hashlib.sha256(torch.Tensor(t).as_subclass(torch.Tensor).contiguous().numpy()
+                          .tobytes()).hexdigest()
+
+
 def golden():
     import torch
     from safetensors.torch import save_file
 
     torch.set_num_threads(2)
     learn = load_learner_from_fixture()
-    GOLDEN.mkdir(parents=True, exist_ok=True)
-    manifest = []
+    if GOLDEN.exists():
+        shutil.rmtree(GOLDEN)
+    (GOLDEN / "items").mkdir(parents=True)
+    manifest, out = [], {}
     for f in sorted(IMAGES.iterdir()):
         if f.suffix not in (".png", ".jpg"):
             continue
@@ -265,29 +336,41 @@ def golden():
         assert dl.after_item.split_idx == 1, dl.after_item.split_idx
         item = dl.do_item(0)[0]  # TensorImage uint8 (3, 460, 460) after RandomResizedCrop
         check_batch_pipeline(item, x)
+        x = torch.Tensor(x).as_subclass(torch.Tensor).contiguous().float()
         with torch.no_grad():
             logits = learn.model.eval()(x)
         _, idx, probs = learn.predict(f)
-        out = {
-            "item": item.permute(1, 2, 0).contiguous().to(torch.uint8),  # (460, 460, 3)
-            "input": x.contiguous().float(),  # (1, 3, 224, 224)
-            "logits": logits.contiguous().float(),  # (1, n)
-            "probs": probs.contiguous().float(),  # (n,)
-        }
-        save_file({k: torch.Tensor(v).as_subclass(torch.Tensor) for k, v in out.items()},
-                  GOLDEN / f"{f.stem}.safetensors")
+        probs = torch.Tensor(probs).as_subclass(torch.Tensor).contiguous().float()
+        assert torch.allclose(torch.softmax(logits, -1)[0], probs, atol=1e-6)
+        hwc = torch.Tensor(item).as_subclass(torch.Tensor).permute(1, 2, 0).contiguous().to(torch.uint8)
         im = Image.open(f)
-        manifest.append({
-            "image": f.name, "golden": f"{f.stem}.safetensors", "format": im.format,
-            "mode": im.mode, "width": im.size[0], "height": im.size[1],
-            "lossless": im.format == "PNG", "label": learn.dls.vocab[int(idx)],
-            "index": int(idx), "probability": float(probs[idx]),
-        })
-        print(f"  {f.name:28s} -> {learn.dls.vocab[int(idx)]:20s} p={float(probs[idx]):.4f}")
-    versions = versions_info()
+        stem = f.stem
+        out[f"{stem}.logits"] = logits.contiguous().float()
+        out[f"{stem}.probs"] = probs
+        entry = {
+            "image": f.name, "stem": stem, "format": im.format, "mode": im.mode,
+            "width": im.size[0], "height": im.size[1], "lossless": im.format == "PNG",
+            "label": learn.dls.vocab[int(idx)], "index": int(idx),
+            "probability": float(probs[idx]),
+            "item_sha256": sha256(hwc), "input_sha256": sha256(x),
+            "item_png": None, "input_stored": f.name in FULL_INPUT,
+        }
+        if f.name in FULL_INPUT:
+            out[f"{stem}.input"] = x
+        if im.format != "PNG":
+            png = GOLDEN / "items" / f"{stem}.png"
+            Image.fromarray(hwc.numpy()).save(png, optimize=True)
+            assert sha256(torch.from_numpy(np.asarray(Image.open(png)).copy())) == entry["item_sha256"]
+            entry["item_png"] = f"items/{png.name}"
+        manifest.append(entry)
+        top2 = probs.topk(2).values
+        print(f"  {f.name:28s} -> {entry['label']:20s} p={float(top2[0]):.4f} "
+              f"margin={float(top2[0] - top2[1]):.4f}")
+    save_file(out, GOLDEN / "golden.safetensors")
     (GOLDEN / "manifest.json").write_text(json.dumps(
-        {"generated_by": "scripts/make_fixtures.py golden", "versions": versions,
+        {"generated_by": "scripts/make_fixtures.py golden", "versions": versions_info(),
          "fixtures": manifest}, indent=1) + "\n")
+    (GOLDEN / "README.md").write_text(GOLDEN_README)
 
 
 def check_batch_pipeline(item, x):
@@ -315,48 +398,117 @@ def versions_info():
 # stages
 # ---------------------------------------------------------------------------------------------
 
+STAGES_README = """# Per-stage references from PIL and PyTorch
+
+Written by `scripts/make_fixtures.py stages` (versions in `versions.json`). Bit-identity
+tests compare SHA-256 digests of the reference outputs (`<key>.sha256` metadata entries of
+each file: the SHA-256 of the output's contiguous little-endian bytes); the arrays kept in
+full are the inputs and the small outputs (for diagnosis) and the affine grids (a tolerance
+is asserted on them). The large inputs are not stored: `noise_u8(seed, n)` (SplitMix64, the
+same in `tests/common`) makes random bytes, and the photo sources are crops of the fixture
+PNGs (`tests/fixtures/images/`), each checked against its digest before use.
+
+- `resize.safetensors`: PIL `Image.resize(size, BILINEAR)` of 4 sources (crops of
+  `chelsea.png` 37x61 and 443x290, of `retina_large.png` 401x263, and 17x23 noise) to 7
+  sizes each (up, down, mixed, 1x1).
+- `area.safetensors`: `F.interpolate(x, size, mode='area')` of a 460x460 noise image
+  (`noise_u8(1, 3*460*460) / 255`) and of a stored (1, 3, 37, 53) f32 array.
+- `grid_sample.safetensors`: `F.affine_grid` / `F.grid_sample` (bilinear, reflection,
+  align_corners=True) on 12 affine grids over a stored (2, 3, 40, 50) input; fastai's
+  `_grid_sample` (its area pre-interpolation) on a 460x460 noise image
+  (`noise_u8(2, 3*460*460) / 255`) with the identity and a zooming grid.
+- `gelu.safetensors` (`scripts/make_fixtures_v2.py gelu`): torch's GELU on 80,001 values.
+"""
+
+SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+MASK64 = (1 << 64) - 1
+
+
+def noise_u8(seed, n):
+    """n pseudo-random bytes: SplitMix64 from `seed`, each output's 8 bytes little-endian
+    (tests/common/mod.rs has the same generator)."""
+    out = bytearray()
+    state = seed & MASK64
+    while len(out) < n:
+        state = (state + SPLITMIX_GAMMA) & MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+        out += z.to_bytes(8, "little")
+    return np.frombuffer(bytes(out[:n]), dtype=np.uint8).copy()
+
+
+# Outputs up to this many bytes are stored in full (for diagnosis); larger ones as digests.
+STAGE_FULL_BYTES = 32 * 1024
+
+# The photo crops the resize cases start from: (fixture PNG, box).
+RESIZE_SOURCES = {
+    "src0": ("chelsea.png", (100, 50, 137, 111)),      # 37 x 61
+    "src1": ("retina_large.png", (500, 300, 901, 563)),  # 401 x 263
+    "src2": ("chelsea.png", (3, 5, 446, 295)),         # 443 x 290
+}
+
+
+def save_stage(tensors, path, digests):
+    """Saves `tensors` (the kept arrays) with `digests` (key -> output) as metadata."""
+    from safetensors.torch import save_file
+
+    meta = {f"{k}.sha256": sha256(v) for k, v in digests.items()}
+    meta.update({f"{k}.shape": json.dumps(list(v.shape)) for k, v in digests.items()})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=meta)
+
+
+def stage_output(kept, digests, key, value):
+    """Every output gets a digest; small ones are kept in full too."""
+    digests[key] = value
+    if value.numel() * value.element_size() <= STAGE_FULL_BYTES:
+        kept[key] = value
+
+
 def stages():
     import torch
     import torch.nn.functional as F
     from fastai.vision.augment import _grid_sample
-    from safetensors.torch import save_file
 
     STAGES.mkdir(parents=True, exist_ok=True)
+    for old in ("resize.safetensors", "area.safetensors", "grid_sample.safetensors"):
+        (STAGES / old).unlink(missing_ok=True)
     rng = np.random.default_rng(SEED)
 
-    # PIL bilinear resizes: up, down, mixed, odd sizes, from real photo crops.
-    chelsea = Image.open(photo("chelsea")).convert("RGB")
-    rocket = Image.open(photo("rocket")).convert("RGB")
-    srcs = [chelsea.crop((100, 50, 137, 111)),      # 37 x 61
-            rocket.crop((0, 0, 401, 263)),          # 401 x 263
-            chelsea.crop((3, 5, 454 - 3 - 5, 300 - 5)),  # 443 x 295
-            Image.fromarray(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8))]  # noise
+    # PIL bilinear resizes: up, down, mixed, odd sizes, from real photo crops and noise.
+    kept, digests = {}, {}
+    srcs = {}
+    for key, (name, box) in RESIZE_SOURCES.items():
+        srcs[key] = Image.open(IMAGES / name).convert("RGB").crop(box)
+        digests[key] = torch.from_numpy(np.asarray(srcs[key]).copy())
+    srcs["src3"] = Image.fromarray(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8))
+    kept["src3"] = torch.from_numpy(np.asarray(srcs["src3"]).copy())
     targets = [(532, 532), (97, 203), (13, 7), (45, 31), (460, 19), (1, 1), (250, 350)]
-    t = {}
-    for i, s in enumerate(srcs):
-        t[f"src{i}"] = torch.from_numpy(np.asarray(s).copy())
+    for key, s in srcs.items():
         for (w, h) in targets:
-            t[f"src{i}_{w}x{h}"] = torch.from_numpy(np.asarray(s.resize((w, h), Image.BILINEAR)).copy())
-    save_file(t, STAGES / "resize.safetensors")
+            out = torch.from_numpy(np.asarray(s.resize((w, h), Image.BILINEAR)).copy())
+            stage_output(kept, digests, f"{key}_{w}x{h}", out)
+    save_stage(kept, STAGES / "resize.safetensors", digests)
 
     # Area interpolation (adaptive average pooling) at several ratios.
-    t = {}
-    # Stored as bytes (like an image); the reference divides by 255 as IntToFloatTensor does.
-    x8 = torch.from_numpy(rng.integers(0, 256, (1, 3, 460, 460), dtype=np.uint8))
-    t["x460_u8"] = x8
+    kept, digests = {}, {}
+    # Bytes (like an image); the reference divides by 255 as IntToFloatTensor does.
+    x8 = torch.from_numpy(noise_u8(1, 3 * 460 * 460).reshape(1, 3, 460, 460))
+    digests["x460_u8"] = x8
     x = x8.float() / 255.0
     for (oh, ow) in [(448, 448), (224, 224), (300, 171)]:
-        t[f"x460_{oh}x{ow}"] = F.interpolate(x, size=(oh, ow), mode="area")
+        stage_output(kept, digests, f"x460_{oh}x{ow}", F.interpolate(x, size=(oh, ow), mode="area"))
     y = torch.from_numpy(rng.random((1, 3, 37, 53), dtype=np.float32))
-    t["x37x53"] = y
+    kept["x37x53"] = y
     for (oh, ow) in [(10, 13), (37, 53), (74, 100), (5, 50)]:
-        t[f"x37x53_{oh}x{ow}"] = F.interpolate(y, size=(oh, ow), mode="area")
-    save_file(t, STAGES / "area.safetensors")
+        stage_output(kept, digests, f"x37x53_{oh}x{ow}", F.interpolate(y, size=(oh, ow), mode="area"))
+    save_stage(kept, STAGES / "area.safetensors", digests)
 
     # grid_sample (bilinear, reflection, align_corners=True) on affine grids.
-    t = {}
+    kept, digests = {}, {}
     img = torch.from_numpy(rng.random((2, 3, 40, 50), dtype=np.float32))
-    t["input"] = img
+    kept["input"] = img
 
     def theta(rot_deg=0.0, zoom=1.0, tx=0.0, ty=0.0, shear=0.0):
         r = math.radians(rot_deg)
@@ -376,27 +528,32 @@ def stages():
         th = torch.stack(ths)
         for (oh, ow) in [(31, 37), (40, 50)]:
             grid = F.affine_grid(th, (2, 3, oh, ow), align_corners=True)
-            t[f"{name}_{oh}x{ow}_theta"] = th.clone()
-            t[f"{name}_{oh}x{ow}_grid"] = grid.contiguous()
-            t[f"{name}_{oh}x{ow}_out"] = F.grid_sample(img, grid, mode="bilinear",
-                                                       padding_mode="reflection",
-                                                       align_corners=True).contiguous()
+            kept[f"{name}_{oh}x{ow}_theta"] = th.clone()
+            # The grids are the grid_sample inputs, and affine_grid is held to a tolerance.
+            kept[f"{name}_{oh}x{ow}_grid"] = grid.contiguous()
+            digests[f"{name}_{oh}x{ow}_grid"] = grid
+            out = F.grid_sample(img, grid, mode="bilinear", padding_mode="reflection",
+                                align_corners=True).contiguous()
+            stage_output(kept, digests, f"{name}_{oh}x{ow}_out", out)
     # fastai's own _grid_sample (with its area pre-interpolation) for the pets sizes.
-    big8 = torch.from_numpy(rng.integers(0, 256, (1, 3, 460, 460), dtype=np.uint8))
+    big8 = torch.from_numpy(noise_u8(2, 3 * 460 * 460).reshape(1, 3, 460, 460))
+    digests["fastai_input_u8"] = big8
     big = big8.float() / 255.0
     eye = torch.eye(3)[:2].unsqueeze(0)
     grid = F.affine_grid(eye, (1, 3, 224, 224), align_corners=True)
-    t["fastai_input_u8"] = big8
-    t["fastai_grid"] = grid.contiguous()
-    t["fastai_out"] = _grid_sample(big, grid, mode="bilinear", padding_mode="reflection",
-                                   align_corners=True).contiguous()
+    digests["fastai_grid"] = grid
+    digests["fastai_out"] = _grid_sample(big, grid, mode="bilinear", padding_mode="reflection",
+                                         align_corners=True)
     # fastai's rule with a zooming affine (z > d disables the pre-interpolation).
-    zg = F.affine_grid(theta(zoom=2.5).unsqueeze(0), (1, 3, 224, 224), align_corners=True)
-    t["fastai_zoom_grid"] = zg.contiguous()
-    t["fastai_zoom_out"] = _grid_sample(big, zg, mode="bilinear", padding_mode="reflection",
-                                        align_corners=True).contiguous()
-    save_file(t, STAGES / "grid_sample.safetensors")
+    zt = theta(zoom=2.5).unsqueeze(0)
+    kept["fastai_zoom_theta"] = zt
+    zg = F.affine_grid(zt, (1, 3, 224, 224), align_corners=True)
+    digests["fastai_zoom_grid"] = zg
+    digests["fastai_zoom_out"] = _grid_sample(big, zg, mode="bilinear", padding_mode="reflection",
+                                              align_corners=True)
+    save_stage(kept, STAGES / "grid_sample.safetensors", digests)
     (STAGES / "versions.json").write_text(json.dumps(versions_info(), indent=1) + "\n")
+    (STAGES / "README.md").write_text(STAGES_README)
     print("wrote", sorted(p.name for p in STAGES.iterdir()))
 
 
@@ -404,9 +561,14 @@ def main():
     steps = sys.argv[1:] or ["all"]
     if steps == ["all"]:
         steps = ["images", "train", "golden", "stages"]
+    table = {"images": make_images, "train": train, "half": half, "golden": golden,
+             "stages": stages}
+    for s in steps:
+        if s not in table:
+            sys.exit(f"unknown step {s!r}; steps: {', '.join(table)}, all")
     for s in steps:
         print(f"== {s}")
-        {"images": make_images, "train": train, "golden": golden, "stages": stages}[s]()
+        table[s]()
 
 
 if __name__ == "__main__":

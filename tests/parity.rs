@@ -1,5 +1,9 @@
 //! End to end against fastai: the model on fastai's own input (logits, probabilities), and the
 //! whole pipeline from the image file (normalized input, probabilities, top-1).
+//!
+//! fastai's input for each image is rebuilt from fastai's item bytes and checked bit for bit
+//! against fastai's SHA-256 (`common::fastai_input`), so the model runs on exactly the tensor
+//! fastai ran it on.
 
 mod common;
 
@@ -13,15 +17,15 @@ fn learner() -> Learner {
 #[test]
 fn model_matches_fastai_logits_and_probabilities() {
     let learn = learner();
+    let golden = common::golden();
     for f in common::manifest() {
-        let g = common::load(&format!("golden/{}", f.golden));
-        let logits = learn.logits(&g["input"]).unwrap();
-        let d = common::max_abs_diff(&logits, &g["logits"]);
+        let logits = learn.logits(&common::fastai_input(&f)).unwrap();
+        let d = common::max_abs_diff(&logits, &golden[&format!("{}.logits", f.stem)]);
         assert!(d <= 1e-4, "{}: logits differ by {d}", f.image);
         let row = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
         let pred = fastai_infer::Prediction::from_logits(&row, learn.vocab()).unwrap();
         let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
-        let dp = common::max_abs_diff(&probs, &g["probs"]);
+        let dp = common::max_abs_diff(&probs, &golden[&format!("{}.probs", f.stem)]);
         println!(
             "{:24} model on fastai's input: logits {d:.1e}  probs {dp:.1e}",
             f.image
@@ -37,16 +41,13 @@ fn model_matches_fastai_logits_and_probabilities() {
 fn batched_fast_path_matches_fastai_row_by_row() {
     let learn = learner();
     let fixtures = common::manifest();
-    let goldens: Vec<_> = fixtures
-        .iter()
-        .map(|f| common::load(&format!("golden/{}", f.golden)))
-        .collect();
-    let inputs: Vec<&Tensor> = goldens.iter().map(|g| &g["input"]).collect();
+    let golden = common::golden();
+    let inputs: Vec<Tensor> = fixtures.iter().map(common::fastai_input).collect();
     let batch = Tensor::cat(&inputs, 0).unwrap();
     let logits = learn.logits(&batch).unwrap();
-    for (i, (f, g)) in fixtures.iter().zip(&goldens).enumerate() {
+    for (i, f) in fixtures.iter().enumerate() {
         let row = logits.narrow(0, i, 1).unwrap();
-        let d = common::max_abs_diff(&row, &g["logits"]);
+        let d = common::max_abs_diff(&row, &golden[&format!("{}.logits", f.stem)]);
         assert!(
             d <= 1e-4,
             "{} (row {i} of the batch): logits differ by {d}",
@@ -59,8 +60,8 @@ fn batched_fast_path_matches_fastai_row_by_row() {
 #[test]
 fn fast_cpu_path_matches_candle_ops_path() {
     let learn = learner();
-    let g = common::load("golden/chelsea.safetensors");
-    let x = Tensor::cat(&[&g["input"], &g["input"].flip(&[3]).unwrap()], 0).unwrap();
+    let input = &common::golden()["chelsea.input"];
+    let x = Tensor::cat(&[input, &input.flip(&[3]).unwrap()], 0).unwrap();
     let body = &learn.model().body;
     let fast = candle_core::Module::forward(body, &x).unwrap();
     let reference = body.forward_candle_ops(&x).unwrap();
@@ -73,19 +74,20 @@ fn fast_cpu_path_matches_candle_ops_path() {
 #[test]
 fn lossless_images_match_fastai_end_to_end() {
     let learn = learner();
+    let golden = common::golden();
     let mut n = 0;
     for f in common::manifest().into_iter().filter(|f| f.lossless) {
-        let g = common::load(&format!("golden/{}", f.golden));
-        let path = common::fixtures().join("images").join(&f.image);
+        let path = common::image_path(&f);
         let img = load_image(&path).unwrap();
+        // The normalized input from the file is fastai's, bit for bit (within 1e-6 of the
+        // array where it is stored in full).
         let input = learn.model_input(std::slice::from_ref(&img)).unwrap();
-        let d = common::max_abs_diff(&input, &g["input"]);
-        assert!(d <= 1e-6, "{}: normalized input differs by {d}", f.image);
+        common::assert_input_is_fastais(&f, &input, "from the file");
         let pred = learn.predict_path(&path).unwrap();
         let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
-        let dp = common::max_abs_diff(&probs, &g["probs"]);
+        let dp = common::max_abs_diff(&probs, &golden[&format!("{}.probs", f.stem)]);
         println!(
-            "{:24} input {d:.1e}  probs {dp:.1e}  {} ({:.4})",
+            "{:24} input bit-identical  probs {dp:.1e}  {} ({:.4})",
             f.image, pred.label, pred.probabilities[pred.index]
         );
         assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", f.image);
@@ -98,22 +100,24 @@ fn lossless_images_match_fastai_end_to_end() {
 #[test]
 fn jpeg_images_keep_fastai_top1() {
     let learn = learner();
+    let golden = common::golden();
+    let mut n = 0;
     for f in common::manifest().into_iter().filter(|f| !f.lossless) {
-        let g = common::load(&format!("golden/{}", f.golden));
-        let path = common::fixtures().join("images").join(&f.image);
-        let img = load_image(&path).unwrap();
+        let img = load_image(common::image_path(&f)).unwrap();
         let input = learn.model_input(std::slice::from_ref(&img)).unwrap();
-        let d = common::max_abs_diff(&input, &g["input"]);
+        let d = common::max_abs_diff(&input, &common::fastai_input(&f));
         let pred = learn.predict(&img).unwrap();
         let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
-        let dp = common::max_abs_diff(&probs, &g["probs"]);
+        let dp = common::max_abs_diff(&probs, &golden[&format!("{}.probs", f.stem)]);
         println!(
             "{:24} JPEG decoder vs libjpeg-turbo: input max diff {d:.3e}, probs max diff {dp:.3e}",
             f.image
         );
         assert_eq!(pred.label, f.label, "{}: top-1 label", f.image);
         assert!(dp <= 2e-2, "{}: probabilities differ by {dp}", f.image);
+        n += 1;
     }
+    assert_eq!(n, 4, "the JPEG fixtures");
 }
 
 /// An image's logits do not depend on the batch it is in: the CPU fast path splits a batch's
@@ -142,10 +146,15 @@ fn logits_are_bit_identical_whatever_the_batch() {
         }
     };
     let learn = learner();
-    let inputs: Vec<Tensor> = ["chelsea", "rocket", "coffee_odd", "astronaut_portrait"]
-        .iter()
-        .map(|name| common::load(&format!("golden/{name}.safetensors"))["input"].clone())
-        .collect();
+    let inputs: Vec<Tensor> = [
+        "chelsea.png",
+        "rocket.jpg",
+        "coffee_odd.png",
+        "astronaut_portrait.png",
+    ]
+    .iter()
+    .map(|name| common::fastai_input(&common::fixture(name)))
+    .collect();
     let all = Tensor::cat(&inputs, 0).unwrap();
     let big = learn.logits(&all).unwrap().to_vec2::<f32>().unwrap();
     for (i, x) in inputs.iter().enumerate() {
@@ -172,7 +181,7 @@ fn predict_batch_equals_one_predict_per_image() {
     let learn = learner();
     let images: Vec<_> = common::manifest()
         .iter()
-        .map(|f| load_image(common::fixtures().join("images").join(&f.image)).unwrap())
+        .map(|f| load_image(common::image_path(f)).unwrap())
         .collect();
     let batch = learn.predict_batch(&images).unwrap();
     assert_eq!(batch.len(), images.len());

@@ -13,10 +13,10 @@ fn baseline_and_avx2_paths_match_fastai() {
     // Set before anything reads it; this binary holds no other test.
     std::env::set_var("FASTAI_INFER_SIMD", &level);
     let learn = Learner::load(common::weights(), &Device::Cpu).unwrap();
+    let golden = common::golden();
     for f in common::manifest() {
-        let g = common::load(&format!("golden/{}", f.golden));
-        let logits = learn.logits(&g["input"]).unwrap();
-        let d = common::max_abs_diff(&logits, &g["logits"]);
+        let logits = learn.logits(&common::fastai_input(&f)).unwrap();
+        let d = common::max_abs_diff(&logits, &golden[&format!("{}.logits", f.stem)]);
         println!("{:24} {level}: logits differ by {d:.1e}", f.image);
         assert!(d <= 1e-4, "{} ({level}): logits differ by {d}", f.image);
     }
