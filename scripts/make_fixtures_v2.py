@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""More reference fixtures for fastai-infer: a f16 ViT-small learner and fastai .pth files.
+"""More reference fixtures for fastai-infer: a small f16 ViT learner and fastai .pth files.
 
 Run it in the reference environment (see scripts/make_fixtures.py), from any directory:
 
     ~/venv-ref/bin/python scripts/make_fixtures_v2.py all
 
 Subcommands (each can be run alone):
-  small         train vision_learner(dls, 'vit_small_patch16_224', pretrained=False) briefly on
-                the same photo crops and pets vocab as make_fixtures.py's `train` (RandomResizedCrop(460),
-                aug_transforms(size=224), Normalize.from_stats(*imagenet_stats)); learn.export() it and
-                convert that with `scripts/export_fastai.py --dtype f16` to
-                tests/fixtures/vit_small/model.safetensors (+ recipe_expected.json); then run
-                `small-golden`.
+  small         train vision_learner(dls, 'vit_small_patch16_224', pretrained=False, depth=2,
+                mlp_ratio=1.0) (SMALL_KWARGS: timm's ViT-small width, 384, and 6 heads, with 2
+                blocks instead of 12 and a 384-wide MLP instead of 1536, so the file stays small)
+                briefly on the same photo crops and pets vocab as make_fixtures.py's `train`
+                (RandomResizedCrop(460), aug_transforms(size=224),
+                Normalize.from_stats(*imagenet_stats)); learn.export() it and convert that with
+                `scripts/export_fastai.py --dtype f16` to tests/fixtures/vit_small/model.safetensors
+                (+ recipe_expected.json); then run `small-golden`.
   small-golden  rebuild the learner from the committed model.safetensors (its f16 values cast to
                 f32, so the goldens are what the f16 file computes) and write
                 tests/fixtures/vit_small/golden.safetensors and manifest.json: for each image in
-                GOLDEN_IMAGES, `<stem>.input` (1,3,224,224) f32 from learn.dls.test_dl([path]).one_batch(),
-                `<stem>.logits` (1,37) f32 from learn.model.eval()(input), `<stem>.probs` (37,) f32
-                from learn.predict(path).
+                GOLDEN_IMAGES, `<stem>.logits` (1,37) f32 from learn.model.eval()(input) and
+                `<stem>.probs` (37,) f32 from learn.predict(path); the manifest holds the SHA-256 of
+                the input (1,3,224,224) f32 from learn.dls.test_dl([path]).one_batch() and of the
+                460x460 item bytes, which are those of tests/fixtures/golden (same recipe;
+                checked), so the tests rebuild the input from there.
   pth           rebuild the shipped vit_tiny learner (make_fixtures.load_learner_from_fixture) and
                 write fastai .pth files to tests/fixtures/pth/ (see tests/fixtures/pth/README.md).
   gelu          tests/fixtures/stages/gelu.safetensors: `x` (f32: the grid -10..10 in steps of
@@ -48,6 +52,8 @@ SMALL = ROOT / "tests" / "fixtures" / "vit_small"
 SMALL_MODEL = SMALL / "model.safetensors"
 PTH = ROOT / "tests" / "fixtures" / "pth"
 SMALL_ARCH = "vit_small_patch16_224"
+# timm kwargs (through vision_learner): ViT-small's width and heads, 2 blocks, a 1x MLP.
+SMALL_KWARGS = {"depth": 2, "mlp_ratio": 1.0}
 SMALL_EPOCHS = int(os.environ.get("FASTAI_INFER_SMALL_EPOCHS", "8"))
 SMALL_LR = float(os.environ.get("FASTAI_INFER_SMALL_LR", "2e-3"))
 SMALL_TRAIN_DIR = Path(os.environ.get("FASTAI_INFER_SMALL_TRAIN_DIR", "/tmp/fastai-infer-train-small"))
@@ -85,7 +91,7 @@ def small():
                           get_y=parent_label)
     dls = dblock.dataloaders(SMALL_TRAIN_DIR, bs=32, num_workers=0)
     assert list(dls.vocab) == mf.PETS_BREEDS, dls.vocab
-    learn = vision_learner(dls, SMALL_ARCH, pretrained=False, metrics=accuracy)
+    learn = vision_learner(dls, SMALL_ARCH, pretrained=False, metrics=accuracy, **SMALL_KWARGS)
     learn.path = SMALL_TRAIN_DIR
     learn.fit_one_cycle(SMALL_EPOCHS, SMALL_LR)
     learn.export("export.pkl")
@@ -113,7 +119,7 @@ def load_small_learner():
     dblock = _pets_dblock(vocab, get_items=lambda _: [mf.IMAGES / "chelsea.png"],
                           get_y=lambda _: vocab[0])
     dls = dblock.dataloaders(mf.IMAGES, bs=1, num_workers=0)
-    learn = vision_learner(dls, SMALL_ARCH, pretrained=False)
+    learn = vision_learner(dls, SMALL_ARCH, pretrained=False, **SMALL_KWARGS)
     sd = load_file(str(SMALL_MODEL))
     assert {v.dtype for k, v in sd.items() if v.is_floating_point()} == {torch.float16}
     learn.model.load_state_dict({k: v.float() if v.is_floating_point() else v
@@ -129,6 +135,7 @@ def small_golden():
 
     torch.set_num_threads(2)
     learn = load_small_learner()
+    tiny = {f["image"]: f for f in json.loads((mf.GOLDEN / "manifest.json").read_text())["fixtures"]}
     out, manifest = {}, []
     for name in GOLDEN_IMAGES:
         f = mf.IMAGES / name
@@ -136,8 +143,14 @@ def small_golden():
         (x,) = dl.one_batch()
         # After one_batch() the pipelines are on the validation split (see make_fixtures.py).
         assert dl.after_item.split_idx == 1, dl.after_item.split_idx
-        mf.check_batch_pipeline(dl.do_item(0)[0], x)
+        item = dl.do_item(0)[0]
+        mf.check_batch_pipeline(item, x)
         x = torch.Tensor(x).as_subclass(torch.Tensor).contiguous().float()
+        hwc = torch.Tensor(item).as_subclass(torch.Tensor).permute(1, 2, 0).contiguous().to(torch.uint8)
+        # The same recipe as the ViT-tiny learner's: the same item bytes and input, whose
+        # digests (and, for the JPEGs, item bytes) tests/fixtures/golden holds.
+        assert mf.sha256(hwc) == tiny[name]["item_sha256"], name
+        assert mf.sha256(x) == tiny[name]["input_sha256"], name
         with torch.no_grad():
             logits = learn.model.eval()(x)
         _, idx, probs = learn.predict(f)
@@ -145,11 +158,12 @@ def small_golden():
         assert torch.allclose(torch.softmax(logits, -1)[0], probs, atol=1e-6)
         top2 = probs.topk(2).values
         stem = f.stem
-        out[f"{stem}.input"] = x
         out[f"{stem}.logits"] = logits.contiguous().float()
         out[f"{stem}.probs"] = probs
         manifest.append({"image": name, "stem": stem, "label": learn.dls.vocab[int(idx)],
-                         "index": int(idx), "lossless": Image.open(f).format == "PNG"})
+                         "index": int(idx), "lossless": Image.open(f).format == "PNG",
+                         "probability": float(top2[0]), "margin": float(top2[0] - top2[1]),
+                         "item_sha256": mf.sha256(hwc), "input_sha256": mf.sha256(x)})
         print(f"  {name:24s} -> {learn.dls.vocab[int(idx)]:20s} p={float(top2[0]):.4f} "
               f"margin={float(top2[0] - top2[1]):.4f}")
     save_file(out, str(SMALL / "golden.safetensors"))

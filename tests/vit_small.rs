@@ -1,6 +1,8 @@
-//! A fastai `vision_learner` on `vit_small_patch16_224` (`tests/fixtures/vit_small`, made by
-//! `scripts/make_fixtures_v2.py small` and exported by `scripts/export_fastai.py`): the
-//! architecture is read off the shapes, the recipe off the metadata, and the core fidelity bars
+//! A fastai `vision_learner` on `vit_small_patch16_224` with timm kwargs `depth=2,
+//! mlp_ratio=1.0` (`tests/fixtures/vit_small`, made by `scripts/make_fixtures_v2.py small` and
+//! exported by `scripts/export_fastai.py`): another width (384) and head count (6) than the
+//! shipped ViT-tiny, a non-default depth and MLP width. The architecture is read off the
+//! shapes, the heads off the arch name, the recipe off the metadata, and the core fidelity bars
 //! hold against fastai's own outputs.
 
 mod common;
@@ -18,6 +20,7 @@ struct Case {
     label: String,
     index: usize,
     lossless: bool,
+    input_sha256: String,
 }
 
 fn manifest() -> Vec<Case> {
@@ -32,6 +35,7 @@ fn manifest() -> Vec<Case> {
             label: c["label"].as_str().unwrap().into(),
             index: c["index"].as_u64().unwrap() as usize,
             lossless: c["lossless"].as_bool().unwrap(),
+            input_sha256: c["input_sha256"].as_str().unwrap().into(),
         })
         .collect()
 }
@@ -55,8 +59,10 @@ fn the_architecture_and_recipe_come_from_the_file() {
             c.img_size,
             c.num_classes
         ),
-        (384, 12, 6, 16, 224, 37)
+        (384, 2, 6, 16, 224, 37)
     );
+    // A 384-wide MLP (mlp_ratio 1), fastai's default 512-wide head.
+    assert_eq!((c.mlp_ratio, c.mlp_hidden(), c.head_hidden), (1, 384, 512));
     let expected = std::fs::read_to_string(small("recipe_expected.json")).unwrap();
     assert_eq!(w.recipe().unwrap(), Recipe::from_json(&expected).unwrap());
     assert_eq!(w.vocab().unwrap().unwrap().len(), 37);
@@ -71,7 +77,15 @@ fn vit_small_meets_the_fidelity_bars() {
     let (mut worst_logits, mut worst_probs) = (0f32, 0f32);
     let (mut worst_input, mut worst_file_probs) = (0f32, 0f32);
     for case in &cases {
-        let input = &golden[&format!("{}.input", case.stem)];
+        // fastai's input: the ViT-tiny golden's for the same image (the same recipe), checked
+        // bit for bit against this learner's digest too.
+        let input = &common::fastai_input(&common::fixture(&case.image));
+        assert_eq!(
+            common::tensor_sha256(input),
+            case.input_sha256,
+            "{}",
+            case.image
+        );
         let logits_ref = &golden[&format!("{}.logits", case.stem)];
         let probs_ref = &golden[&format!("{}.probs", case.stem)];
 
@@ -98,6 +112,12 @@ fn vit_small_meets_the_fidelity_bars() {
         if case.lossless {
             let d = common::max_abs_diff(&ours, input);
             assert!(d <= 1e-6, "{}: input differs by {d}", case.image);
+            assert_eq!(
+                common::tensor_sha256(&ours),
+                case.input_sha256,
+                "{}",
+                case.image
+            );
             worst_input = worst_input.max(d);
             assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", case.image);
             worst_file_probs = worst_file_probs.max(dp);
