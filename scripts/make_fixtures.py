@@ -401,10 +401,10 @@ def versions_info():
 STAGES_README = """# Per-stage references from PIL and PyTorch
 
 Written by `scripts/make_fixtures.py stages` (versions in `versions.json`). Bit-identity
-tests compare SHA-256 digests of the reference outputs (`<key>.sha256` metadata entries of
-each file: the SHA-256 of the output's contiguous little-endian bytes); the arrays kept in
-full are the inputs and the small outputs (for diagnosis) and the affine grids (a tolerance
-is asserted on them). The large inputs are not stored: `noise_u8(seed, n)` (SplitMix64, the
+tests compare SHA-256 digests of the reference arrays (`digests.json`: per file and key, the
+SHA-256 of the array's contiguous little-endian bytes, and its shape); the arrays kept in
+full in the `.safetensors` files are the inputs, the small outputs (for diagnosis) and the
+affine grids (a tolerance is asserted on them). The large inputs are not stored: `noise_u8(seed, n)` (SplitMix64, the
 same in `tests/common`) makes random bytes, and the photo sources are crops of the fixture
 PNGs (`tests/fixtures/images/`), each checked against its digest before use.
 
@@ -451,12 +451,17 @@ RESIZE_SOURCES = {
 
 
 def save_stage(tensors, path, digests):
-    """Saves `tensors` (the kept arrays) with `digests` (key -> output) as metadata."""
+    """Saves `tensors` (the kept arrays) to `path`, and the digest and shape of every array in
+    `digests` under the file's name in STAGES/digests.json (safetensors' own metadata would
+    not keep its key order from run to run)."""
     from safetensors.torch import save_file
 
-    meta = {f"{k}.sha256": sha256(v) for k, v in digests.items()}
-    meta.update({f"{k}.shape": json.dumps(list(v.shape)) for k, v in digests.items()})
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=meta)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    index = STAGES / "digests.json"
+    table = json.loads(index.read_text()) if index.exists() else {}
+    table[path.name] = {k: {"sha256": sha256(v), "shape": list(v.shape)}
+                        for k, v in sorted(digests.items())}
+    index.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
 
 
 def stage_output(kept, digests, key, value):
@@ -472,7 +477,8 @@ def stages():
     from fastai.vision.augment import _grid_sample
 
     STAGES.mkdir(parents=True, exist_ok=True)
-    for old in ("resize.safetensors", "area.safetensors", "grid_sample.safetensors"):
+    for old in ("resize.safetensors", "area.safetensors", "grid_sample.safetensors",
+                "digests.json"):
         (STAGES / old).unlink(missing_ok=True)
     rng = np.random.default_rng(SEED)
 

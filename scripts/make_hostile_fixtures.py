@@ -127,7 +127,10 @@ def crc_chunks(base):
         px = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
         ihdr = struct.pack(">IIBBBBB", n, n, 8, 2, 0, 0, 0)
         rows = [px[r].tobytes() for r in range(n)]
-        icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+        # The profile's creation date (header bytes 24-35) fixed, so the file is reproducible.
+        icc[24:36] = struct.pack(">6H", 2026, 12, 4, 0, 0, 0)
+        icc = bytes(icc)
         before = [
             (b"iCCP", b"sRGB\x00\x00" + zlib.compress(icc, 9)),
             (b"gAMA", struct.pack(">I", 45455)),

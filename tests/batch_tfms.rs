@@ -21,18 +21,14 @@ fn to_unit(x8: &Tensor) -> Tensor {
 /// A stage fixture's large `u8` input, made by SplitMix64 (`noise_u8`) and checked against
 /// the digest of the array the reference ran on.
 fn noise_input(file: &str, key: &str, seed: u64) -> Tensor {
-    let meta = common::metadata(file);
+    let digests = common::stage_digests(file);
     let x8 = Tensor::from_vec(
         common::noise_u8(seed, 3 * 460 * 460),
         (1, 3, 460, 460),
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    assert_eq!(
-        common::tensor_sha256(&x8),
-        meta[&format!("{key}.sha256")],
-        "{key}"
-    );
+    assert_eq!(common::tensor_sha256(&x8), digests[key].sha256, "{key}");
     x8
 }
 
@@ -40,47 +36,48 @@ fn noise_input(file: &str, key: &str, seed: u64) -> Tensor {
 /// fixture stores it in full (small outputs, for diagnosis).
 fn assert_same_as_reference(
     t: &std::collections::HashMap<String, Tensor>,
-    meta: &std::collections::HashMap<String, String>,
+    digests: &std::collections::HashMap<String, common::StageDigest>,
     key: &str,
     got: &Tensor,
     what: &str,
 ) {
-    let shape: Vec<usize> = serde_json::from_str(&meta[&format!("{key}.shape")]).unwrap();
-    assert_eq!(got.dims(), shape.as_slice(), "{key}: shape");
+    let want = &digests[key];
+    assert_eq!(got.dims(), want.shape.as_slice(), "{key}: shape");
     if let Some(want) = t.get(key) {
         let d = common::max_abs_diff(got, want);
         assert_eq!(d, 0.0, "{key}: {what} differs by {d}");
     }
     assert_eq!(
         common::tensor_sha256(got),
-        meta[&format!("{key}.sha256")],
+        want.sha256,
         "{key}: {what} differs from the reference"
     );
 }
 
 #[test]
 fn area_interpolation_matches_torch() {
-    let file = "stages/area.safetensors";
-    let (t, meta) = (common::load(file), common::metadata(file));
+    let file = "area.safetensors";
+    let (t, digests) = (
+        common::load("stages/area.safetensors"),
+        common::stage_digests(file),
+    );
     let mut n = 0;
     for (src_key, x) in [
         ("x460", to_unit(&noise_input(file, "x460_u8", 1))),
         ("x37x53", t["x37x53"].clone()),
     ] {
-        let mut keys: Vec<&str> = meta
+        let mut keys: Vec<&String> = digests
             .keys()
-            .filter_map(|k| k.strip_suffix(".shape"))
             .filter(|k| k.starts_with(&format!("{src_key}_")) && !k.ends_with("u8"))
             .collect();
         keys.sort();
         for key in keys {
-            let shape: Vec<usize> = serde_json::from_str(&meta[&format!("{key}.shape")]).unwrap();
-            let (oh, ow) = (shape[2], shape[3]);
+            let (oh, ow) = (digests[key].shape[2], digests[key].shape[3]);
             let got = area_interpolate(&x, oh, ow).unwrap();
-            assert_same_as_reference(&t, &meta, key, &got, "area interpolation");
+            assert_same_as_reference(&t, &digests, key, &got, "area interpolation");
             // The device-generic candle-op path (what CUDA runs) gives the same bits.
             let ops = area_interpolate_ops(&x, oh, ow).unwrap();
-            assert_same_as_reference(&t, &meta, key, &ops, "candle-op path");
+            assert_same_as_reference(&t, &digests, key, &ops, "candle-op path");
             println!("{key}: bit-identical");
             n += 1;
         }
@@ -90,8 +87,11 @@ fn area_interpolation_matches_torch() {
 
 #[test]
 fn grid_sample_matches_torch_on_affine_grids() {
-    let file = "stages/grid_sample.safetensors";
-    let (t, meta) = (common::load(file), common::metadata(file));
+    let file = "grid_sample.safetensors";
+    let (t, digests) = (
+        common::load("stages/grid_sample.safetensors"),
+        common::stage_digests(file),
+    );
     let input = &t["input"];
     let mut n = 0;
     for key in t
@@ -100,7 +100,7 @@ fn grid_sample_matches_torch_on_affine_grids() {
     {
         let stem = key.trim_end_matches("_grid");
         let got = grid_sample(input, &t[key]).unwrap();
-        assert_same_as_reference(&t, &meta, &format!("{stem}_out"), &got, "grid_sample");
+        assert_same_as_reference(&t, &digests, &format!("{stem}_out"), &got, "grid_sample");
         println!("{stem}: bit-identical");
         n += 1;
     }
@@ -109,19 +109,22 @@ fn grid_sample_matches_torch_on_affine_grids() {
 
 #[test]
 fn affine_grid_matches_torch() {
-    let file = "stages/grid_sample.safetensors";
-    let (t, meta) = (common::load(file), common::metadata(file));
+    let file = "grid_sample.safetensors";
+    let (t, digests) = (
+        common::load("stages/grid_sample.safetensors"),
+        common::stage_digests(file),
+    );
     let mut n = 0;
     for key in t.keys().filter(|k| k.ends_with("_theta")) {
         let stem = key.trim_end_matches("_theta");
         let want_key = format!("{stem}_grid");
-        let shape: Vec<usize> = serde_json::from_str(&meta[&format!("{want_key}.shape")]).unwrap();
+        let shape = &digests[&want_key].shape;
         let got = affine_grid(&t[key], shape[1], shape[2]).unwrap();
         if let Some(want) = t.get(&want_key) {
             let d = common::max_abs_diff(&got, want);
             assert!(d <= 1e-6, "{stem}: affine_grid differs by {d}");
         }
-        let same = common::tensor_sha256(&got) == meta[&format!("{want_key}.sha256")];
+        let same = common::tensor_sha256(&got) == digests[&want_key].sha256;
         println!("{stem}: affine_grid bit-identical: {same}");
         // The zoomed grid fastai's rule runs on is stored as a digest only: it must be exact.
         assert!(
@@ -133,13 +136,16 @@ fn affine_grid_matches_torch() {
     assert_eq!(n, 13);
     // The identity grid is torch's linspace bit for bit.
     let eye = identity_grid(1, 224, 224, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(common::tensor_sha256(&eye), meta["fastai_grid.sha256"]);
+    assert_eq!(common::tensor_sha256(&eye), digests["fastai_grid"].sha256);
 }
 
 #[test]
 fn fastai_grid_sample_matches_fastai() {
-    let file = "stages/grid_sample.safetensors";
-    let (t, meta) = (common::load(file), common::metadata(file));
+    let file = "grid_sample.safetensors";
+    let (t, digests) = (
+        common::load("stages/grid_sample.safetensors"),
+        common::stage_digests(file),
+    );
     let x = to_unit(&noise_input(file, "fastai_input_u8", 2));
     let eye = identity_grid(1, 224, 224, &candle_core::Device::Cpu).unwrap();
     let zoom = affine_grid(&t["fastai_zoom_theta"], 224, 224).unwrap();
@@ -147,9 +153,9 @@ fn fastai_grid_sample_matches_fastai() {
         (eye, "fastai_grid", "fastai_out"),
         (zoom, "fastai_zoom_grid", "fastai_zoom_out"),
     ] {
-        assert_same_as_reference(&t, &meta, grid_key, &grid, "the grid");
+        assert_same_as_reference(&t, &digests, grid_key, &grid, "the grid");
         let got = fastai_grid_sample(&x, &grid).unwrap();
-        assert_same_as_reference(&t, &meta, out, &got, "fastai's _grid_sample");
+        assert_same_as_reference(&t, &digests, out, &got, "fastai's _grid_sample");
         println!("{out}: bit-identical");
     }
 }

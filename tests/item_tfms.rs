@@ -10,7 +10,7 @@ use fastai_infer::load_image;
 /// digest of the crop PIL resized) and a stored noise image.
 fn resize_sources() -> Vec<(String, image::RgbImage)> {
     let t = common::load("stages/resize.safetensors");
-    let meta = common::metadata("stages/resize.safetensors");
+    let digests = common::stage_digests("resize.safetensors");
     let crop = |file: &str, (x0, y0, x1, y1): (u32, u32, u32, u32)| {
         let img = load_image(common::fixtures().join("images").join(file)).unwrap();
         image::imageops::crop_imm(&img, x0, y0, x1 - x0, y1 - y0).to_image()
@@ -24,7 +24,7 @@ fn resize_sources() -> Vec<(String, image::RgbImage)> {
     for (key, img) in &sources {
         assert_eq!(
             common::sha256(img.as_raw()),
-            meta[&format!("{key}.sha256")],
+            digests[*key].sha256,
             "{key}: not the crop PIL resized"
         );
     }
@@ -38,23 +38,22 @@ fn resize_sources() -> Vec<(String, image::RgbImage)> {
 #[test]
 fn resize_matches_pil_bilinear_byte_for_byte() {
     let t = common::load("stages/resize.safetensors");
-    let meta = common::metadata("stages/resize.safetensors");
+    let digests = common::stage_digests("resize.safetensors");
     let mut checked = 0;
     for (src, img) in resize_sources() {
         let (w, h) = img.dimensions();
-        let mut keys: Vec<&String> = meta
+        let mut cases: Vec<&String> = digests
             .keys()
-            .filter(|k| k.starts_with(&format!("{src}_")) && k.ends_with(".sha256"))
+            .filter(|k| k.starts_with(&format!("{src}_")))
             .collect();
-        keys.sort();
-        for key in keys {
-            let case = key.trim_end_matches(".sha256");
-            let shape: Vec<usize> = serde_json::from_str(&meta[&format!("{case}.shape")]).unwrap();
-            let (oh, ow) = (shape[0], shape[1]);
+        cases.sort();
+        for case in cases {
+            let want = &digests[case];
+            let (oh, ow) = (want.shape[0], want.shape[1]);
             let got = resize_bilinear(&img, ow as u32, oh as u32).unwrap();
             // Small outputs are stored in full: their difference says where it is.
-            if let Some(want) = t.get(case) {
-                let d = common::max_abs_diff(&common::image_tensor(&got), want);
+            if let Some(full) = t.get(case.as_str()) {
+                let d = common::max_abs_diff(&common::image_tensor(&got), full);
                 assert_eq!(
                     d, 0.0,
                     "{case}: {w}x{h} -> {ow}x{oh} differs from PIL by {d}"
@@ -62,7 +61,7 @@ fn resize_matches_pil_bilinear_byte_for_byte() {
             }
             assert_eq!(
                 common::sha256(got.as_raw()),
-                meta[key],
+                want.sha256,
                 "{case}: {w}x{h} -> {ow}x{oh} differs from PIL"
             );
             checked += 1;

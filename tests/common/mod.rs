@@ -26,14 +26,36 @@ pub fn load(rel: &str) -> HashMap<String, Tensor> {
         .unwrap_or_else(|e| panic!("cannot load fixture {}: {e}", path.display()))
 }
 
-/// The string metadata of a safetensors fixture (the digests of the outputs it does not
-/// store in full: `<key>.sha256`, `<key>.shape`).
-pub fn metadata(rel: &str) -> HashMap<String, String> {
-    let path = fixtures().join(rel);
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    meta.metadata().clone().unwrap_or_default()
+/// The digest and shape of a reference array that a stage fixture does not (or not only)
+/// store: an entry of `tests/fixtures/stages/digests.json`.
+#[derive(Debug, Clone)]
+pub struct StageDigest {
+    /// SHA-256 of the array's contiguous little-endian bytes ([`tensor_sha256`]).
+    pub sha256: String,
+    /// The array's shape.
+    pub shape: Vec<usize>,
+}
+
+/// The digests of the reference arrays behind `stages/<file>`, by key.
+pub fn stage_digests(file: &str) -> HashMap<String, StageDigest> {
+    let path = fixtures().join("stages/digests.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v[file]
+        .as_object()
+        .unwrap_or_else(|| panic!("{file} not in {}", path.display()))
+        .iter()
+        .map(|(k, d)| {
+            let shape = d["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap() as usize)
+                .collect();
+            let sha256 = d["sha256"].as_str().unwrap().to_string();
+            (k.clone(), StageDigest { sha256, shape })
+        })
+        .collect()
 }
 
 /// Largest absolute difference between two tensors of the same shape.
