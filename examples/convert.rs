@@ -149,19 +149,12 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let cfg = weights.config();
     eprintln!(
-        "wrote {} from {} ({}): {} tensors, embed_dim {}, depth {}, heads {}, patch {}, \
-         input {}x{}, {} classes, {}",
+        "wrote {} from {} ({}): {} tensors, {cfg}, {} classes, {}",
         output.display(),
         input.display(),
         weights.format(),
         weights.tensors().len(),
-        cfg.embed_dim,
-        cfg.depth,
-        cfg.num_heads,
-        cfg.patch_size,
-        cfg.img_size,
-        cfg.img_size,
-        cfg.num_classes,
+        cfg.num_classes(),
         match &vocab {
             Some(_) => "vocab included".to_string(),
             None => "NO vocab (pass --labels, or give predict --labels)".to_string(),

@@ -76,11 +76,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// A weights file holds tensors, but not the layout of a fastai `vision_learner` on a timm
-    /// ViT (`0.model.*` body, `1.N.*` head).
-    #[error("{} is not a fastai vision_learner on a timm ViT: {reason}; found {found}; expected fastai's state_dict keys, 0.model.* for the timm ViT body (patch_embed, cls_token, pos_embed, blocks.N, norm) and 1.0-1.6 for the head", path.display())]
-    NotFastaiVit {
-        /// The weights file.
+    /// A state_dict holds tensors, but not the layout of a fastai `vision_learner` this crate
+    /// runs: no body it recognises (see [`crate::model::detect_family`]) or a body whose keys and
+    /// shapes do not fit it.
+    #[error("{} is not a fastai vision_learner fastai-infer runs: {reason}; found {found}; expected fastai's state_dict keys, a body under 0.* (a timm ViT or ConvNeXt under 0.model.*, a torchvision ResNet as create_body cuts it under 0.0-0.7) and fastai's create_head under 1.*", source_name(path))]
+    NotFastaiLearner {
+        /// The weights file (empty when the state_dict did not come from a file, as in
+        /// [`crate::model::Config::infer`]).
         path: PathBuf,
         /// The first thing that did not fit.
         reason: String,
@@ -88,9 +90,44 @@ pub enum Error {
         found: String,
     },
 
+    /// The head (`1.*` keys) is not one fastai's `create_head` builds (a `custom_head`, or a
+    /// head edited by hand): the error names the layer or key that does not fit.
+    #[error("{} has a head fastai-infer does not run: {reason}; fastai-infer runs the heads of fastai's create_head (AdaptiveConcatPool2d or AdaptiveAvgPool2d, Flatten, then BatchNorm1d, Dropout, Linear and ReLU layers as its lin_ftrs, ps, first_bn, bn_final and lin_first make them)", source_name(path))]
+    UnsupportedHead {
+        /// The weights file (empty when the state_dict did not come from a file).
+        path: PathBuf,
+        /// The layer or key that does not fit, and what was expected.
+        reason: String,
+    },
+
+    /// The recipe's `arch` names one architecture family and the weights' keys are another.
+    #[error("{}: the recipe's arch \"{arch}\" is a {arch_family} but the weights are a {found} body ({})", source_name(path), evidence.join(", "))]
+    ArchMismatch {
+        /// The weights file (empty when the state_dict did not come from a file).
+        path: PathBuf,
+        /// The recipe's `arch` string.
+        arch: String,
+        /// The family that `arch` names.
+        arch_family: crate::model::Family,
+        /// The body the keys are, e.g. `timm ConvNeXt` or `torchvision ResNet`.
+        found: &'static str,
+        /// The keys that identify `found`.
+        evidence: &'static [&'static str],
+    },
+
+    /// A model configuration is degenerate (a zero width, heads that do not divide the token
+    /// width, a head whose layer sizes do not chain, ...).
+    #[error("invalid model config: {field} {reason}")]
+    InvalidConfig {
+        /// The field, e.g. `vit.num_heads` or `head.layers[4]`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A weights file's tensors do not match the model: every missing key, unexpected key
     /// and shape mismatch is listed.
-    #[error("weights {} do not match a fastai ViT vision_learner ({} problem(s)):\n{}", path.display(), problems.len(), Bullets(problems))]
+    #[error("weights {} do not match the fastai vision_learner their keys describe ({} problem(s)):\n{}", path.display(), problems.len(), Bullets(problems))]
     WeightsMismatch {
         /// The weights file.
         path: PathBuf,
@@ -109,7 +146,9 @@ pub enum Error {
     },
 
     /// The vocab's length differs from the number of classes the model's head outputs.
-    #[error("vocab from {origin} has {found} labels but the model's head (1.6.weight) outputs {expected} classes")]
+    #[error(
+        "vocab from {origin} has {found} labels but the model's head outputs {expected} classes"
+    )]
     VocabMismatch {
         /// Where the vocab came from.
         origin: String,
@@ -221,6 +260,47 @@ impl fmt::Display for KeyProblem {
                 "unsupported dtype for {key}: expected {expected}, found {found}"
             ),
         }
+    }
+}
+
+impl Error {
+    /// The error with `path` as its weights file, for the variants that name one and were made
+    /// without a file (by [`crate::model::Config::infer`]).
+    pub(crate) fn with_path(self, file: &std::path::Path) -> Self {
+        match self {
+            Error::NotFastaiLearner { reason, found, .. } => Error::NotFastaiLearner {
+                path: file.to_path_buf(),
+                reason,
+                found,
+            },
+            Error::UnsupportedHead { reason, .. } => Error::UnsupportedHead {
+                path: file.to_path_buf(),
+                reason,
+            },
+            Error::ArchMismatch {
+                arch,
+                arch_family,
+                found,
+                evidence,
+                ..
+            } => Error::ArchMismatch {
+                path: file.to_path_buf(),
+                arch,
+                arch_family,
+                found,
+                evidence,
+            },
+            other => other,
+        }
+    }
+}
+
+/// How an error names the state_dict: the file, or "the state_dict" when there is none.
+fn source_name(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        "the state_dict".to_string()
+    } else {
+        path.display().to_string()
     }
 }
 

@@ -12,14 +12,14 @@ use crate::categorize::{Prediction, Vocab};
 use crate::decode::{load_image_with, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::item_tfms::RandomResizedCrop;
-use crate::model::FastaiVit;
+use crate::model::FastaiModel;
 use crate::weights::FastaiWeights;
 
-/// A fastai ViT classifier ready for inference: decode, item transforms, batch transforms,
+/// A fastai classifier (timm ViT, ResNet or ConvNeXt body) ready for inference: decode, item transforms, batch transforms,
 /// model, decoding, as `learn.predict` runs them on fastai's validation pipeline.
 #[derive(Debug, Clone)]
 pub struct Learner {
-    model: FastaiVit,
+    model: FastaiModel,
     vocab: Vocab,
     item_tfms: RandomResizedCrop,
     batch_tfms: BatchTfms,
@@ -50,31 +50,30 @@ impl Learner {
         let labels = labels.as_ref();
         let w = FastaiWeights::load(weights, device)?;
         let vocab = Vocab::from_labels_file(labels)?;
-        vocab.check_len(w.config().num_classes, &labels.display().to_string())?;
+        vocab.check_len(w.config().num_classes(), &labels.display().to_string())?;
         Self::from_weights(&w, vocab)
     }
 
     /// Builds a learner from loaded weights and a vocab, with the transforms of the weights'
     /// recipe ([`FastaiWeights::recipe`]).
     pub fn from_weights(weights: &FastaiWeights, vocab: Vocab) -> Result<Self> {
-        vocab.check_len(weights.config().num_classes, "the given vocab")?;
+        vocab.check_len(weights.config().num_classes(), "the given vocab")?;
         let recipe = weights.recipe()?;
         let cfg = weights.config();
-        if cfg.in_chans != 3 {
+        if cfg.in_chans() != 3 {
             return Err(Error::InvalidArgument(format!(
                 "the model in {} takes {} input channels; fastai-infer's pipeline makes RGB images (3)",
                 weights.path().display(),
-                cfg.in_chans
+                cfg.in_chans()
             )));
         }
         let (bh, bw) = (recipe.batch_tfms.height, recipe.batch_tfms.width);
-        if (bh, bw) != (cfg.img_size, cfg.img_size) {
+        if let Some(side) = cfg.input_size().filter(|&s| (bh, bw) != (s, s)) {
             return Err(Error::InvalidMetadata {
                 path: weights.path().to_path_buf(),
                 key: crate::recipe::RECIPE_METADATA_KEY.to_string(),
                 reason: format!(
-                    "batch_tfms makes {bh}x{bw} inputs but the model's pos_embed is for {0}x{0} images",
-                    cfg.img_size
+                    "batch_tfms makes {bh}x{bw} inputs but the model's pos_embed is for {side}x{side} images"
                 ),
             });
         }
@@ -120,7 +119,7 @@ impl Learner {
     }
 
     /// The model.
-    pub fn model(&self) -> &FastaiVit {
+    pub fn model(&self) -> &FastaiModel {
         &self.model
     }
 

@@ -1,7 +1,7 @@
 //! # fastai-infer
 //!
-//! Run fastai-trained image classifiers (a timm ViT body with fastai's head, as
-//! `vision_learner` builds them) in pure Rust on [candle], with the same answers fastai gives:
+//! Run fastai-trained image classifiers (a timm ViT, torchvision/timm ResNet or timm ConvNeXt
+//! body with fastai's head, as `vision_learner` builds them) in pure Rust on [candle], with the same answers fastai gives:
 //! no Python, PyTorch or PIL at run time.
 //!
 //! The modules follow fastai's validation pipeline, one stage each:
@@ -11,7 +11,7 @@
 //! | decode | `PILImage.create` (`convert('RGB')`) | [`decode`] |
 //! | item transforms | `RandomResizedCrop(460)` (validation: squish to 532, centre crop) | [`item_tfms`] |
 //! | batch transforms | `IntToFloatTensor`, `aug_transforms(size=224)`, `Normalize` | [`batch_tfms`] |
-//! | model | `vision_learner(dls, 'vit_tiny_patch16_224')` | [`model`], weights in [`weights`] |
+//! | model | `vision_learner(dls, 'vit_tiny_patch16_224')`, `resnet34`, `'convnext_tiny'`; `create_head` | [`model`], weights in [`weights`] |
 //! | decode labels | softmax, argmax, `dls.vocab` | [`categorize`] |
 //! | facade | `Learner.predict` | [`Learner`] |
 //!
@@ -52,7 +52,7 @@ pub use decode::{
 };
 pub use error::{Error, KeyProblem, NonFinite, Result};
 pub use learner::Learner;
-pub use model::{Config, FastaiVit};
+pub use model::{Config, FastaiModel};
 pub use recipe::Recipe;
 pub use weights::FastaiWeights;
 

@@ -2,10 +2,11 @@
 //! (`safetensors.torch.save_file`, or `scripts/export_fastai.py`, or `examples/convert.rs`) or
 //! as the `.pth` fastai's `learn.save` writes (see [`pth`](self) below).
 //!
-//! Keys keep fastai's names: the body under `0.model.` (timm's names), the head under `1.N.`.
-//! The architecture (width, depth, patch and image size, classes) is read off the shapes
-//! ([`Config::infer`]); the heads from the recipe's `arch` or the timm convention. Loading is
-//! strict: every missing key, unexpected key, shape mismatch and unusable dtype is reported
+//! Keys keep fastai's names: the body under `0.` (a timm body under `0.model.` with timm's
+//! names, a torchvision ResNet under `0.0` ... `0.7` as `create_body` cuts it), the head under
+//! `1.N.`. The architecture (the body's family and sizes, the head's layers, the classes) is read
+//! off the keys and shapes ([`Config::infer`]); a ViT's attention heads from the recipe's `arch`
+//! or the timm convention. Loading is strict: every missing key, unexpected key, shape mismatch and unusable dtype is reported
 //! together in one [`Error::WeightsMismatch`]. Float tensors may be `F32`, `F16` or `BF16`
 //! and are converted to `F32`; any other dtype (`F64`, integers, `BOOL`, FP8, ...) is a
 //! [`KeyProblem::DType`] naming the key. Every float tensor is scanned once for NaN and
@@ -37,7 +38,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::categorize::Vocab;
 use crate::error::{Error, KeyProblem, NonFinite, Result};
-use crate::model::{Config, FastaiVit};
+use crate::model::{summarize, Config, Family, FastaiModel};
 use crate::recipe::{Recipe, RECIPE_METADATA_KEY};
 
 /// The metadata key that holds the vocab (a JSON array of strings).
@@ -134,15 +135,18 @@ fn sniff(path: &Path, file: &mut File) -> Result<bool> {
 }
 
 impl FastaiWeights {
-    /// Loads a fastai ViT `vision_learner`'s weights from a safetensors or `.pth` file, with
-    /// the architecture read off the shapes (and the recipe's `arch`, for the heads).
+    /// Loads a fastai `vision_learner`'s weights (a timm ViT, torchvision or timm ResNet, or
+    /// timm ConvNeXt body with fastai's head) from a safetensors or `.pth` file, with the
+    /// architecture read off the keys and shapes (and the recipe's `arch`, checked against the
+    /// body and, for a ViT, giving the attention heads).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::load_inner(path.as_ref(), None, None, device)
     }
 
     /// Like [`FastaiWeights::load`] with `recipe` in place of any recipe in the file's
-    /// metadata (for a `.pth`, which carries none): its `arch`/`num_heads` fix the attention
-    /// heads and its batch size the input size. [`FastaiWeights::recipe`] then returns it.
+    /// metadata (for a `.pth`, which carries none): its `arch` must name the body's family, and
+    /// for a ViT its `arch`/`num_heads` fix the attention heads and its batch size the input
+    /// size. [`FastaiWeights::recipe`] then returns it.
     pub fn load_with_recipe(
         path: impl AsRef<Path>,
         recipe: &Recipe,
@@ -151,9 +155,9 @@ impl FastaiWeights {
         Self::load_inner(path.as_ref(), None, Some(recipe), device)
     }
 
-    /// Like [`FastaiWeights::load`] with the architecture given instead of inferred;
-    /// `config.num_classes` is replaced by the class count found in `1.6.weight` when that
-    /// tensor is present. Every key and shape must match `config`.
+    /// Like [`FastaiWeights::load`] with the architecture given instead of inferred; the class
+    /// count is replaced by the one found in the head's last linear weight when that tensor is
+    /// present. Every key and shape must match `config`.
     pub fn load_with_config(
         path: impl AsRef<Path>,
         config: Config,
@@ -220,13 +224,16 @@ impl FastaiWeights {
                 .collect(),
         };
         let config = match config {
-            Some(mut c) => {
-                if let Some((_, _, shape)) = found.get("1.6.weight") {
-                    if shape.len() == 2 {
-                        c.num_classes = shape[0];
-                    }
+            Some(c) => {
+                let last = c
+                    .head
+                    .layers
+                    .iter()
+                    .rposition(|l| matches!(l, crate::model::head::Layer::Linear { .. }));
+                match last.and_then(|i| found.get(&format!("1.{i}.weight"))) {
+                    Some((_, _, shape)) if shape.len() == 2 => c.with_num_classes(shape[0]),
+                    _ => c,
                 }
-                c
             }
             None => {
                 let recipe = match recipe {
@@ -241,34 +248,33 @@ impl FastaiWeights {
                     .map(|(k, (_, _, s))| (k.clone(), s.clone()))
                     .collect();
                 let (bh, bw) = (recipe.batch_tfms.height, recipe.batch_tfms.width);
-                if bh != bw {
-                    return Err(Error::InvalidMetadata {
-                        path: path.to_path_buf(),
-                        key: RECIPE_METADATA_KEY.to_string(),
-                        reason: format!(
-                            "batch_tfms is {bh}x{bw}; timm ViTs here take square inputs"
-                        ),
-                    });
-                }
+                let recipe_err = |reason: String| Error::InvalidMetadata {
+                    path: path.to_path_buf(),
+                    key: RECIPE_METADATA_KEY.to_string(),
+                    reason,
+                };
                 let config = Config::infer(&shapes, bh, recipe.arch.as_deref(), recipe.num_heads)
-                    .map_err(|reason| {
-                    let mut keys: Vec<&String> = found.keys().collect();
-                    keys.sort();
-                    Error::NotFastaiVit {
-                        path: path.to_path_buf(),
-                        reason,
-                        found: summarize(&keys),
+                    .map_err(|e| match e {
+                    Error::InvalidConfig { field, reason } if field == "vit.img_size" => {
+                        recipe_err(format!(
+                            "batch_tfms size {bh}: the model's {field} {reason}"
+                        ))
                     }
+                    Error::InvalidConfig { field, reason } => {
+                        let mut keys: Vec<&String> = shapes.keys().collect();
+                        keys.sort();
+                        Error::NotFastaiLearner {
+                            path: path.to_path_buf(),
+                            reason: format!("{field} {reason}"),
+                            found: summarize(&keys),
+                        }
+                    }
+                    e => e.with_path(path),
                 })?;
-                if !bh.is_multiple_of(config.patch_size) {
-                    return Err(Error::InvalidMetadata {
-                        path: path.to_path_buf(),
-                        key: RECIPE_METADATA_KEY.to_string(),
-                        reason: format!(
-                            "batch_tfms size {bh} is not a whole number of the model's {}-pixel patches",
-                            config.patch_size
-                        ),
-                    });
+                if config.family() == Family::Vit && bh != bw {
+                    return Err(recipe_err(format!(
+                        "batch_tfms is {bh}x{bw}; timm ViTs here take square inputs"
+                    )));
                 }
                 config
             }
@@ -398,7 +404,7 @@ impl FastaiWeights {
     ) -> Result<()> {
         let path = path.as_ref();
         if let Some(v) = vocab {
-            v.check_len(self.config.num_classes, "the vocab to save")?;
+            v.check_len(self.config.num_classes(), "the vocab to save")?;
         }
         let mut metadata = HashMap::new();
         metadata.insert(RECIPE_METADATA_KEY.to_string(), recipe.to_json());
@@ -430,7 +436,7 @@ impl FastaiWeights {
         })
     }
 
-    /// The architecture, with `num_classes` from `1.6.weight`.
+    /// The architecture: the body and fastai's head.
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -459,14 +465,14 @@ impl FastaiWeights {
             })?;
         let vocab = Vocab::new(labels);
         vocab.check_len(
-            self.config.num_classes,
+            self.config.num_classes(),
             &format!("the metadata of {}", self.path.display()),
         )?;
         Ok(Some(vocab))
     }
 
     /// Builds the model from these weights.
-    pub fn build_model(&self) -> Result<FastaiVit> {
+    pub fn build_model(&self) -> Result<FastaiModel> {
         let device = self
             .tensors
             .values()
@@ -474,7 +480,7 @@ impl FastaiWeights {
             .map(|t| t.device().clone())
             .unwrap_or(Device::Cpu);
         let vb = VarBuilder::from_tensors(self.tensors.clone(), DType::F32, &device);
-        Ok(FastaiVit::new(&self.config, vb)?)
+        FastaiModel::new(&self.config, vb)
     }
 }
 
@@ -528,22 +534,4 @@ fn recipe_from(path: &Path, metadata: &HashMap<String, String>) -> Result<Recipe
             reason,
         }),
     }
-}
-
-/// A few of `keys`, for error messages.
-fn summarize(keys: &[&String]) -> String {
-    const SHOWN: usize = 6;
-    let mut s = keys
-        .iter()
-        .take(SHOWN)
-        .map(|k| k.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if keys.len() > SHOWN {
-        s += &format!(", ... ({} keys in all)", keys.len());
-    }
-    if keys.is_empty() {
-        s = "no tensors".into();
-    }
-    s
 }

@@ -129,7 +129,7 @@ fn class_count_comes_from_the_head_and_vocab_length_must_match() {
         Some(pets_vocab_metadata()),
     );
     let w = FastaiWeights::load(&p, &Device::Cpu).unwrap();
-    assert_eq!(w.config().num_classes, 5);
+    assert_eq!(w.config().num_classes(), 5);
     let err = Learner::load(&p, &Device::Cpu).unwrap_err();
     assert!(
         matches!(

@@ -334,7 +334,7 @@ fn empty_and_tiny_files_are_invalid() {
         let err = load(&p).unwrap_err();
         // A valid but empty safetensors file is not a fastai ViT; the rest do not parse.
         assert!(
-            matches!(&err, Error::InvalidWeights { path, .. } | Error::NotFastaiVit { path, .. } if path == &p),
+            matches!(&err, Error::InvalidWeights { path, .. } | Error::NotFastaiLearner { path, .. } if path == &p),
             "{name}: {err:?}"
         );
     }

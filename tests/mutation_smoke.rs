@@ -167,7 +167,7 @@ fn mutated_weights_load_or_fail_typed() {
                 let _ = w.vocab();
                 let _ = w.recipe();
                 // Whatever loads must also predict, or refuse with a typed error.
-                let n = w.config().num_classes;
+                let n = w.config().num_classes();
                 let vocab = Vocab::new((0..n).map(|i| format!("c{i}")).collect());
                 match Learner::from_weights(&w, vocab).and_then(|l| l.predict(&image)) {
                     Ok(p) => {
@@ -183,14 +183,18 @@ fn mutated_weights_load_or_fail_typed() {
                 }
             }
             Err(e @ Error::InvalidWeights { .. })
-            | Err(e @ Error::NotFastaiVit { .. })
+            | Err(e @ Error::NotFastaiLearner { .. })
+            | Err(e @ Error::UnsupportedHead { .. })
+            | Err(e @ Error::ArchMismatch { .. })
             | Err(e @ Error::WeightsMismatch { .. })
             | Err(e @ Error::InvalidMetadata { .. })
             | Err(e @ Error::NonFiniteWeights { .. }) => {
                 assert!(e.to_string().contains("mutant.safetensors"), "{e}");
                 match e {
                     Error::InvalidWeights { .. } => "InvalidWeights",
-                    Error::NotFastaiVit { .. } => "NotFastaiVit",
+                    Error::NotFastaiLearner { .. } => "NotFastaiLearner",
+                    Error::UnsupportedHead { .. } => "UnsupportedHead",
+                    Error::ArchMismatch { .. } => "ArchMismatch",
                     Error::WeightsMismatch { .. } => "WeightsMismatch",
                     Error::InvalidMetadata { .. } => "InvalidMetadata",
                     _ => "NonFiniteWeights",

@@ -62,7 +62,9 @@ fn fast_cpu_path_matches_candle_ops_path() {
     let learn = learner();
     let input = &common::golden()["chelsea.input"];
     let x = Tensor::cat(&[input, &input.flip(&[3]).unwrap()], 0).unwrap();
-    let body = &learn.model().body;
+    let fastai_infer::model::Body::Vit(body) = learn.model().body() else {
+        panic!("the pets learner is a ViT");
+    };
     let fast = candle_core::Module::forward(body, &x).unwrap();
     let reference = body.forward_candle_ops(&x).unwrap();
     assert_eq!(fast.dims(), &[2, 192]);

@@ -87,7 +87,7 @@ fn a_pth_learner_predicts_what_the_safetensors_learner_predicts() {
 fn pickles_that_are_not_a_vit_learner_say_what_they_hold() {
     let err = FastaiWeights::load(pth("not_a_learner.pth"), &Device::Cpu).unwrap_err();
     match &err {
-        Error::NotFastaiVit { found, path, .. } => {
+        Error::NotFastaiLearner { found, path, .. } => {
             assert_eq!(found, "bias, weight");
             assert!(path.ends_with("not_a_learner.pth"));
         }
@@ -95,7 +95,7 @@ fn pickles_that_are_not_a_vit_learner_say_what_they_hold() {
     }
     // The head alone: the body is missing.
     let err = FastaiWeights::load(pth("head_plain_f32.pth"), &Device::Cpu).unwrap_err();
-    assert!(matches!(err, Error::NotFastaiVit { .. }), "{err:?}");
+    assert!(matches!(err, Error::NotFastaiLearner { .. }), "{err:?}");
     assert!(err.to_string().contains("0.model."), "{err}");
     assert!(err.to_string().contains("1.0.weight"), "{err}");
 }

@@ -8,6 +8,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use fastai_infer::model::BodyConfig;
 use fastai_infer::{FastaiWeights, Learner, Prediction, Recipe};
 
 fn small(rel: &str) -> std::path::PathBuf {
@@ -49,7 +50,9 @@ fn probs_diff(pred: &Prediction, reference: &Tensor) -> f32 {
 #[test]
 fn the_architecture_and_recipe_come_from_the_file() {
     let w = FastaiWeights::load(small("model.safetensors"), &Device::Cpu).unwrap();
-    let c = w.config();
+    let BodyConfig::Vit(c) = &w.config().body else {
+        panic!("not a ViT: {}", w.config());
+    };
     assert_eq!(
         (
             c.embed_dim,
@@ -57,7 +60,7 @@ fn the_architecture_and_recipe_come_from_the_file() {
             c.num_heads,
             c.patch_size,
             c.img_size,
-            c.num_classes
+            w.config().num_classes()
         ),
         (384, 2, 6, 16, 224, 37)
     );

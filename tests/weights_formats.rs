@@ -163,7 +163,7 @@ fn tensors_that_are_not_a_vit_learner_say_what_they_are() {
     safetensors::serialize_to_file([("weight", &w), ("bias", &b)], None, &p).unwrap();
     let err = FastaiWeights::load(&p, &Device::Cpu).unwrap_err();
     match &err {
-        Error::NotFastaiVit { reason, found, .. } => {
+        Error::NotFastaiLearner { reason, found, .. } => {
             assert!(
                 reason.contains("0.model.patch_embed.proj.weight"),
                 "{reason}"

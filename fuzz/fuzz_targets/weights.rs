@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             // Loaded weights must read their metadata, and predict or refuse with a typed error.
             let _ = w.vocab();
             let _ = w.recipe();
-            let n = w.config().num_classes;
+            let n = w.config().num_classes();
             let vocab = Vocab::new((0..n).map(|i| format!("c{i}")).collect());
             let image = image_13x9();
             match Learner::from_weights(&w, vocab).and_then(|l| l.predict(&image)) {
@@ -59,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(
             Error::InvalidWeights { .. }
-            | Error::NotFastaiVit { .. }
+            | Error::NotFastaiLearner { .. }
+            | Error::UnsupportedHead { .. }
+            | Error::ArchMismatch { .. }
             | Error::WeightsMismatch { .. }
             | Error::InvalidMetadata { .. }
             | Error::NonFiniteWeights { .. },

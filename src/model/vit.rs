@@ -3,12 +3,236 @@
 //!
 //! Struct and field names mirror timm's module names, so each weight's key reads off the
 //! struct path (`blocks.3.attn.qkv.weight` is `VisionTransformer::blocks[3].attn.qkv`).
+//! fastai's `TimmBody` holds it as `model`, so its state_dict keys start with `0.model.`; the
+//! model returns the pooled (final-normed class token) features, and fastai's head
+//! ([`super::head`]) is built with `pool=False`.
+
+use std::collections::HashMap;
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{layer_norm, LayerNorm, LayerNormConfig, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::cpu::packed::PackedB;
-use super::Config;
+use super::{check, shape_of};
+use crate::error::{Error, Result};
+
+/// The prefix of the body's keys in fastai's state_dict.
+pub const PREFIX: &str = "0.model.";
+
+/// The ViT body's dimensions. [`Config::default`] is `vit_tiny_patch16_224`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Token width (192 for ViT-tiny).
+    pub embed_dim: usize,
+    /// Number of transformer blocks (12).
+    pub depth: usize,
+    /// Attention heads (3 for ViT-tiny).
+    pub num_heads: usize,
+    /// MLP hidden width as a multiple of `embed_dim` (4).
+    pub mlp_ratio: usize,
+    /// Patch side in pixels (16).
+    pub patch_size: usize,
+    /// Input image side in pixels (224): `pos_embed` holds one position per patch of it.
+    pub img_size: usize,
+    /// Input channels (3).
+    pub in_chans: usize,
+    /// timm's LayerNorm epsilon (1e-6).
+    pub layer_norm_eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::vit_tiny_patch16_224()
+    }
+}
+
+impl Config {
+    /// `vit_tiny_patch16_224`.
+    pub fn vit_tiny_patch16_224() -> Self {
+        Config {
+            embed_dim: 192,
+            depth: 12,
+            num_heads: 3,
+            mlp_ratio: 4,
+            patch_size: 16,
+            img_size: 224,
+            in_chans: 3,
+            layer_norm_eps: 1e-6,
+        }
+    }
+
+    /// The body of a fastai ViT `vision_learner` read off its state_dict's shapes (`shapes`
+    /// maps each key to its shape) for `img_size`-pixel square inputs (the recipe's batch
+    /// size, which `0.model.pos_embed` must then fit): `embed_dim`, `in_chans` and
+    /// `patch_size` from `0.model.patch_embed.proj.weight` `(embed_dim, in_chans, patch,
+    /// patch)`; `depth` from the highest `0.model.blocks.N.` key; `mlp_ratio` from
+    /// `blocks.0.mlp.fc1.weight`.
+    ///
+    /// The number of attention heads does not show in any shape. It comes from `num_heads`
+    /// when given, else from the timm `arch` name when it is a known ViT size (`tiny` 3,
+    /// `small` 6, `base` 12, `large` 16, `huge` 16), else it is `embed_dim / 64`: every timm ViT
+    /// size uses 64-wide heads.
+    ///
+    /// The error ([`Error::NotFastaiLearner`], or [`Error::InvalidConfig`] for heads that do
+    /// not divide the width) says which key is missing or has the wrong shape.
+    pub fn infer(
+        shapes: &HashMap<String, Vec<usize>>,
+        img_size: usize,
+        arch: Option<&str>,
+        num_heads: Option<usize>,
+    ) -> Result<Self> {
+        let get = |key: &str, rank: usize| shape_of(shapes, key, rank);
+        let pe = get("0.model.patch_embed.proj.weight", 4)?;
+        let (embed_dim, in_chans, patch_size) = (pe[0], pe[1], pe[2]);
+        check(shapes, pe[3] == patch_size, || {
+            format!("0.model.patch_embed.proj.weight has shape {pe:?}: patches are not square")
+        })?;
+        let depth = super::count_indexed(shapes, "0.model.blocks.");
+        check(shapes, depth > 0, || {
+            "no 0.model.blocks.N.* keys: no transformer blocks".into()
+        })?;
+        let fc1 = get("0.model.blocks.0.mlp.fc1.weight", 2)?;
+        check(
+            shapes,
+            fc1[1] == embed_dim && fc1[0].is_multiple_of(embed_dim),
+            || {
+                format!(
+                    "0.model.blocks.0.mlp.fc1.weight has shape {fc1:?}; expected (k * {embed_dim}, {embed_dim})"
+                )
+            },
+        )?;
+        let heads = match num_heads {
+            Some(h) => h,
+            None => {
+                let known = arch.and_then(|a| {
+                    [
+                        ("tiny", 3),
+                        ("small", 6),
+                        ("base", 12),
+                        ("large", 16),
+                        ("huge", 16),
+                    ]
+                    .into_iter()
+                    .find(|(size, _)| a.starts_with("vit_") && a.split('_').nth(1) == Some(*size))
+                    .map(|(_, h)| h)
+                });
+                known.unwrap_or(embed_dim / 64)
+            }
+        };
+        let cfg = Config {
+            embed_dim,
+            depth,
+            num_heads: heads,
+            mlp_ratio: fc1[0] / embed_dim,
+            patch_size,
+            img_size,
+            in_chans,
+            layer_norm_eps: 1e-6,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that every size is positive, the heads divide `embed_dim`, and `img_size` is a
+    /// whole number of patches; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, reason: String| {
+            Err(Error::InvalidConfig {
+                field: format!("vit.{field}"),
+                reason,
+            })
+        };
+        for (field, v) in [
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+            ("mlp_ratio", self.mlp_ratio),
+            ("patch_size", self.patch_size),
+            ("img_size", self.img_size),
+            ("in_chans", self.in_chans),
+        ] {
+            if v == 0 {
+                return bad(field, "is 0".into());
+            }
+        }
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
+            return bad(
+                "num_heads",
+                format!(
+                    "is {}, which does not divide embed_dim {}",
+                    self.num_heads, self.embed_dim
+                ),
+            );
+        }
+        if !self.img_size.is_multiple_of(self.patch_size) {
+            return bad(
+                "img_size",
+                format!(
+                    "is {}, not a whole number of {}-pixel patches",
+                    self.img_size, self.patch_size
+                ),
+            );
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return bad(
+                "layer_norm_eps",
+                format!("is {}, expected a positive number", self.layer_norm_eps),
+            );
+        }
+        Ok(())
+    }
+
+    /// Patches per image side squared (196 for ViT-tiny at 224).
+    pub fn num_patches(&self) -> usize {
+        let g = self.img_size / self.patch_size.max(1);
+        g * g
+    }
+
+    /// The MLP's hidden width (768 for ViT-tiny).
+    pub fn mlp_hidden(&self) -> usize {
+        self.embed_dim * self.mlp_ratio
+    }
+
+    /// Every key of the body in fastai's state_dict (`0.model.*`), with its shape, in the order
+    /// PyTorch writes them.
+    pub fn state_dict_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let d = self.embed_dim;
+        let h = self.mlp_hidden();
+        let p = self.patch_size;
+        let mut v: Vec<(String, Vec<usize>)> = vec![
+            ("0.model.cls_token".into(), vec![1, 1, d]),
+            (
+                "0.model.pos_embed".into(),
+                vec![1, self.num_patches() + 1, d],
+            ),
+            (
+                "0.model.patch_embed.proj.weight".into(),
+                vec![d, self.in_chans, p, p],
+            ),
+            ("0.model.patch_embed.proj.bias".into(), vec![d]),
+        ];
+        for i in 0..self.depth {
+            let b = format!("0.model.blocks.{i}");
+            v.extend([
+                (format!("{b}.norm1.weight"), vec![d]),
+                (format!("{b}.norm1.bias"), vec![d]),
+                (format!("{b}.attn.qkv.weight"), vec![3 * d, d]),
+                (format!("{b}.attn.qkv.bias"), vec![3 * d]),
+                (format!("{b}.attn.proj.weight"), vec![d, d]),
+                (format!("{b}.attn.proj.bias"), vec![d]),
+                (format!("{b}.norm2.weight"), vec![d]),
+                (format!("{b}.norm2.bias"), vec![d]),
+                (format!("{b}.mlp.fc1.weight"), vec![h, d]),
+                (format!("{b}.mlp.fc1.bias"), vec![h]),
+                (format!("{b}.mlp.fc2.weight"), vec![d, h]),
+                (format!("{b}.mlp.fc2.bias"), vec![d]),
+            ]);
+        }
+        v.push(("0.model.norm.weight".into(), vec![d]));
+        v.push(("0.model.norm.bias".into(), vec![d]));
+        v
+    }
+}
 
 /// `nn.Linear` with its weight stored transposed, `(in_features, out_features)` row-major, the
 /// layout both candle's matmul and the CPU fast path multiply fastest. Loads PyTorch's
@@ -23,7 +247,7 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `weight` `(out_dim, in_dim)` and, when `with_bias`, `bias` `(out_dim)`.
-    pub fn new(
+    pub(crate) fn new(
         in_dim: usize,
         out_dim: usize,
         with_bias: bool,
@@ -88,7 +312,7 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     /// Loads `proj.weight` `(embed_dim, 3, patch, patch)` and `proj.bias`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let p = cfg.patch_size;
         let vb = vb.pp("proj");
         let w = vb.get((cfg.embed_dim, cfg.in_chans, p, p), "weight")?;
@@ -135,7 +359,7 @@ pub struct Attention {
 
 impl Attention {
     /// Loads `qkv.*` and `proj.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let dim = cfg.embed_dim;
         Ok(Attention {
             qkv: linear(dim, dim * 3, vb.pp("qkv"))?,
@@ -174,7 +398,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `fc1.*` and `fc2.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let hidden = cfg.mlp_hidden();
         Ok(Mlp {
             fc1: linear(cfg.embed_dim, hidden, vb.pp("fc1"))?,
@@ -199,16 +423,12 @@ pub struct Block {
 }
 
 fn ln(cfg: &Config, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
-    let c = LayerNormConfig {
-        eps: cfg.layer_norm_eps,
-        ..Default::default()
-    };
-    layer_norm(cfg.embed_dim, c, vb)
+    super::layers::layer_norm(cfg.embed_dim, cfg.layer_norm_eps, vb)
 }
 
 impl Block {
     /// Loads `norm1`, `attn`, `norm2`, `mlp`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Block {
             norm1: ln(cfg, vb.pp("norm1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
@@ -240,8 +460,10 @@ pub struct VisionTransformer {
 }
 
 impl VisionTransformer {
-    /// Loads the body from `vb` rooted at timm's names (fastai's `0.model.`).
-    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// Loads the body from `vb` rooted at timm's names (fastai's `0.model.`), after
+    /// [`Config::validate`].
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let blocks = (0..cfg.depth)
             .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -257,7 +479,7 @@ impl VisionTransformer {
     }
 
     /// The forward pass built from generic candle ops, on any device. [`Module::forward`]
-    /// uses it everywhere but on the CPU, where [`super::cpu`]'s fused path computes the same
+    /// uses it everywhere but on the CPU, where the fused path of `model::cpu` computes the same
     /// function faster; kept public as the reference that path is tested against.
     pub fn forward_candle_ops(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.patch_embed.forward(x)?;

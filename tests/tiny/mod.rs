@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use fastai_infer::model::{head, vit, BodyConfig};
 use fastai_infer::Config;
 
 /// The tiny model's architecture.
 pub fn config() -> Config {
-    Config {
+    let body = vit::Config {
         embed_dim: 8,
         depth: 1,
         num_heads: 2,
@@ -18,11 +19,15 @@ pub fn config() -> Config {
         patch_size: 4,
         img_size: 8,
         in_chans: 3,
-        head_hidden: 4,
-        num_classes: 2,
         layer_norm_eps: 1e-6,
-        batch_norm_eps: 1e-5,
-    }
+    };
+    let opts = head::HeadOptions {
+        lin_ftrs: Some(vec![4]),
+        pool: false,
+        ..Default::default()
+    };
+    let head = head::Config::create_head(8, 2, &opts).unwrap();
+    Config::new(BodyConfig::Vit(body), head).unwrap()
 }
 
 /// Its recipe: `RandomResizedCrop(12)`, batch transforms to 8x8, two heads.

@@ -1,0 +1,198 @@
+//! PyTorch layers the CNN bodies and the head share, in eval mode: `nn.Linear`,
+//! `nn.BatchNorm1d`/`nn.BatchNorm2d` (running statistics), `nn.Conv2d` (optionally with the
+//! BatchNorm after it folded into its weights) and `nn.LayerNorm` over the last dimension.
+
+use candle_core::{Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// `nn.Linear` with its weight stored transposed, `(in_features, out_features)` row-major:
+/// `y = x · Wᵀ + b` as one matrix product over the rows of `x`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` `(out_dim, in_dim)` and, when `with_bias`, `bias` `(out_dim)`.
+    pub(crate) fn new(
+        in_dim: usize,
+        out_dim: usize,
+        with_bias: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if with_bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Self::from_weight(&weight, bias)
+    }
+
+    /// From a weight `(out, in)` (or `(out, in, 1, 1)`, a 1x1 convolution's) and a bias.
+    pub(crate) fn from_weight(weight: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let out_dim = weight.dim(0)?;
+        let weight = weight.reshape((out_dim, weight.elem_count() / out_dim.max(1)))?;
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+}
+
+impl Linear {
+    /// The device the weight lives on.
+    pub(crate) fn device(&self) -> &candle_core::Device {
+        self.weight_t.device()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight_t)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `nn.BatchNorm1d` / `nn.BatchNorm2d` in eval mode: the running statistics folded into a scale
+/// and a shift the way PyTorch's CPU kernel folds them (`alpha = weight / sqrt(var + eps)`,
+/// `beta = bias - mean * alpha`, `y = x * alpha + beta`), over dimension 1.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    alpha: Tensor,
+    beta: Tensor,
+}
+
+impl BatchNorm {
+    /// Loads `weight`, `bias`, `running_mean` and `running_var` of `num_features`.
+    pub(crate) fn new(num_features: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        let weight = vb.get(num_features, "weight")?;
+        let bias = vb.get(num_features, "bias")?;
+        let mean = vb.get(num_features, "running_mean")?;
+        let var = vb.get(num_features, "running_var")?;
+        let invstd = (var + eps)?.sqrt()?.recip()?;
+        let alpha = (invstd * weight)?;
+        let beta = (bias - (mean * &alpha)?)?;
+        Ok(BatchNorm { alpha, beta })
+    }
+
+    /// The device the statistics live on.
+    pub(crate) fn device(&self) -> &candle_core::Device {
+        self.alpha.device()
+    }
+}
+
+impl Module for BatchNorm {
+    /// `(B, C)` or `(B, C, H, W)`, normalized per channel `C`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.rank() == 2 {
+            x.broadcast_mul(&self.alpha)?.broadcast_add(&self.beta)
+        } else {
+            let c = self.alpha.dim(0)?;
+            let shape = per_channel(x.rank(), c);
+            x.broadcast_mul(&self.alpha.reshape(shape.as_slice())?)?
+                .broadcast_add(&self.beta.reshape(shape.as_slice())?)
+        }
+    }
+}
+
+/// `(1, c, 1, ...)`: a per-channel vector shaped to broadcast over a rank-`rank` batch.
+fn per_channel(rank: usize, c: usize) -> Vec<usize> {
+    let mut shape = vec![1; rank.max(2)];
+    shape[1] = c;
+    shape
+}
+
+/// `nn.Conv2d` with square kernels, equal strides and paddings, and an optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+impl Conv2d {
+    /// Loads `weight` `(out, in / groups, k, k)` and, when `with_bias`, `bias` `(out)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        in_chans: usize,
+        out_chans: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        with_bias: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let weight = vb.get((out_chans, in_chans / groups, kernel, kernel), "weight")?;
+        let bias = if with_bias {
+            Some(vb.get(out_chans, "bias")?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+        })
+    }
+
+    /// This bias-free convolution followed by `bn`, as one convolution: each output channel's
+    /// weights scaled by BatchNorm's `alpha`, and `beta` as the bias. The products round
+    /// differently from PyTorch's conv-then-BatchNorm by about one unit in the last place; see
+    /// the crate's fidelity tests for what that does to the logits.
+    pub(crate) fn with_batch_norm(self, bn: &BatchNorm) -> candle_core::Result<Self> {
+        let out = self.weight.dim(0)?;
+        let weight = self
+            .weight
+            .broadcast_mul(&bn.alpha.reshape((out, 1, 1, 1))?)?
+            .contiguous()?;
+        let bias = match &self.bias {
+            None => bn.beta.clone(),
+            Some(b) => (b.mul(&bn.alpha)? + &bn.beta)?,
+        };
+        Ok(Conv2d {
+            weight,
+            bias: Some(bias),
+            ..self
+        })
+    }
+}
+
+impl Module for Conv2d {
+    /// `(B, in, H, W)` to `(B, out, H', W')`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `nn.LayerNorm(num_features, eps)` over the last dimension, as candle-nn computes it.
+pub(crate) fn layer_norm(
+    num_features: usize,
+    eps: f64,
+    vb: VarBuilder,
+) -> candle_core::Result<candle_nn::LayerNorm> {
+    let c = candle_nn::LayerNormConfig {
+        eps,
+        ..Default::default()
+    };
+    candle_nn::layer_norm(num_features, c, vb)
+}
+
+/// Global max and average pooling of `(B, C, H, W)`: `((B, C), (B, C))`.
+pub(crate) fn global_max_avg(x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let flat = x.flatten_from(2)?;
+    Ok((flat.max(D::Minus1)?, flat.mean(D::Minus1)?))
+}
