@@ -157,7 +157,7 @@ impl FastaiWeights {
 
     /// Like [`FastaiWeights::load`] with the architecture given instead of inferred; the class
     /// count is replaced by the one found in the head's last linear weight when that tensor is
-    /// present. Every key and shape must match `config`.
+    /// present. Every key and shape must match `config`, which must pass [`Config::validate`].
     pub fn load_with_config(
         path: impl AsRef<Path>,
         config: Config,
@@ -172,6 +172,9 @@ impl FastaiWeights {
         recipe: Option<&Recipe>,
         device: &Device,
     ) -> Result<Self> {
+        if let Some(c) = &config {
+            c.validate()?;
+        }
         let io_err = |source| Error::Io {
             what: "weights",
             path: path.to_path_buf(),

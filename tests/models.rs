@@ -447,3 +447,41 @@ fn a_learner_serves_a_cnn_on_any_input_size() {
     let err = learn.logits(&tiny).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+#[test]
+fn load_with_config_checks_the_given_architecture() {
+    let p = model_path("resnet_basic");
+    let inferred = FastaiWeights::load(&p, &Device::Cpu)
+        .unwrap()
+        .config()
+        .clone();
+    // The class count comes from the file's last linear layer.
+    let given = inferred.clone().with_num_classes(9);
+    let w = FastaiWeights::load_with_config(&p, given, &Device::Cpu).unwrap();
+    assert_eq!(w.config(), &inferred);
+    // Another depth: every key that differs is listed.
+    let mut deeper = inferred.clone();
+    if let BodyConfig::ResNet(r) = &mut deeper.body {
+        r.depths[0] = 2;
+    }
+    let err = FastaiWeights::load_with_config(&p, deeper, &Device::Cpu).unwrap_err();
+    match &err {
+        Error::WeightsMismatch { problems, .. } => {
+            assert!(
+                problems.iter().any(|k| k.key() == "0.4.1.conv1.weight"),
+                "{err}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A degenerate config is refused before the file is read.
+    let mut zero = inferred;
+    if let BodyConfig::ResNet(r) = &mut zero.body {
+        r.groups = 0;
+    }
+    let err = FastaiWeights::load_with_config(&p, zero, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { field, .. } if field == "resnet.groups"),
+        "{err}"
+    );
+}

@@ -821,6 +821,8 @@ mod tests {
         ];
         let dev = candle_core::Device::Cpu;
         for (cfg, says) in cases {
+            // Listing the keys of an invalid config does not panic.
+            let _ = cfg.state_dict_shapes();
             let e = cfg.validate().unwrap_err();
             assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
             assert!(e.to_string().contains(says), "{e} (expected {says})");

@@ -324,7 +324,9 @@ impl Config {
         let mut inplanes = self.stem_width;
         let e = self.block.expansion();
         for (i, &depth) in self.depths.iter().enumerate() {
-            let (w, out) = (self.widths[i], self.planes[i] * e);
+            // `get`: a config that fails `validate` still lists its keys without panicking.
+            let w = self.widths.get(i).copied().unwrap_or(0);
+            let out = self.planes.get(i).copied().unwrap_or(0) * e;
             for j in 0..depth {
                 let p = format!("{}.{j}", l.stage(i));
                 match self.block {
