@@ -22,6 +22,7 @@ Subcommands (each can be run alone):
            torchvision's functions, and the timm strings 'resnet50', 'convnext_tiny',
            'convnext_small', 'convnext_base', 'vit_tiny_patch16_224') for 37 classes; shapes
            only, no weights.
+           `models NAME ...` rebuilds only those models, keeping the others' entries.
   all      models, then layouts.
 
 Training on CPU is not bit-reproducible across machines and library versions; the goldens are
@@ -109,6 +110,12 @@ MODELS = {
                                               "concat_pool": False, "first_bn": False,
                                               "ps": 0.0, "lin_ftrs": []},
                             "timm ConvNeXt; concat_pool=False, first_bn=False, ps=0, lin_ftrs []"),
+    # (timm.create_model drops None kwargs, so ls_init_value=None cannot reach the model.)
+    "convnext_conv_mlp": ("convnext_tiny", {"depths": (1, 1, 1, 1), "dims": (8, 16, 24, 32),
+                                            "conv_mlp": True, "head_norm_first": True,
+                                            "lin_ftrs": [16]},
+                          "timm ConvNeXt with conv_mlp=True (1x1-conv MLP, LayerNorm2d), "
+                          "head_norm_first=True (norm_pre); lin_ftrs [16]"),
 }
 
 
@@ -145,16 +152,27 @@ def round_to_f16(learn):
     return sd
 
 
-def models():
+def models(names=None):
+    """Every model of MODELS, or only `names`: then the other models' entries of the existing
+    golden.safetensors and manifest.json are kept (the input is the same, one DataLoaders)."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
     dls = dataloaders()
     files = [mf.IMAGES / n for n in GOLDEN_IMAGES]
     golden, manifest = {}, []
+    if names:
+        unknown = set(names) - set(MODELS)
+        assert not unknown, f"unknown models {unknown}; known: {list(MODELS)}"
+        golden = load_file(str(OUT / "golden.safetensors"))
+        old = json.loads((OUT / "manifest.json").read_text())["models"]
+        manifest = [m for m in old if m["name"] not in names]
+        golden = {k: v for k, v in golden.items() if k.split(".")[0] not in names}
     for name, (arch, kwargs, covers) in MODELS.items():
+        if names and name not in names:
+            continue
         print(f"== {name}: {covers}", flush=True)
         learn = build(name, dls)
         sd = round_to_f16(learn)
@@ -189,6 +207,8 @@ def models():
         })
         print(learn.model[1])
         print(f"   logits {logits.tolist()}\n   margin {manifest[-1]['min_margin']:.4f}")
+    order = {n: i for i, n in enumerate(MODELS)}
+    manifest.sort(key=lambda m: order[m["name"]])
     save_file(golden, str(OUT / "golden.safetensors"))
     (OUT / "manifest.json").write_text(json.dumps({
         "generated_by": "scripts/make_fixtures_models.py models",
@@ -242,7 +262,7 @@ def layouts():
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else "all"
     if cmd in ("models", "all"):
-        models()
+        models(sys.argv[2:] if cmd == "models" else None)
     if cmd in ("layouts", "all"):
         layouts()
     if cmd not in ("models", "layouts", "all"):

@@ -33,7 +33,7 @@ fn every_fixture_model_meets_the_fidelity_bars() {
     let input = &golden["input"];
     let m = manifest();
     let models = m["models"].as_array().unwrap();
-    assert_eq!(models.len(), 6);
+    assert_eq!(models.len(), 7);
     for entry in models {
         let name = entry["name"].as_str().unwrap();
         let w = FastaiWeights::load(model_path(name), &Device::Cpu).unwrap();
@@ -180,6 +180,11 @@ fn fixture_configs_are_what_vision_learner_built() {
         (4, 7, 2, 4)
     );
     assert!(c.layer_scale && !c.conv_mlp && !c.head_norm_first);
+    let conv_mlp = cfg("convnext_conv_mlp");
+    let BodyConfig::ConvNext(c) = &conv_mlp.body else {
+        panic!("not a ConvNeXt: {conv_mlp}");
+    };
+    assert!(c.layer_scale && c.conv_mlp && c.head_norm_first);
     let plain = cfg("convnext_plain_head");
     assert_eq!(
         plain.head.layers,
