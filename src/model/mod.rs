@@ -16,7 +16,7 @@
 pub mod convnext;
 pub(crate) mod cpu;
 pub mod head;
-pub mod layers;
+pub(crate) mod layers;
 pub mod resnet;
 pub mod vit;
 
