@@ -15,8 +15,9 @@ use crate::item_tfms::RandomResizedCrop;
 use crate::model::FastaiModel;
 use crate::weights::FastaiWeights;
 
-/// A fastai classifier (timm ViT, ResNet or ConvNeXt body) ready for inference: decode, item transforms, batch transforms,
-/// model, decoding, as `learn.predict` runs them on fastai's validation pipeline.
+/// A fastai classifier (timm ViT, ResNet or ConvNeXt body) ready for inference: decode, item
+/// transforms, batch transforms, model, decoding, as `learn.predict` runs them on fastai's
+/// validation pipeline.
 #[derive(Debug, Clone)]
 pub struct Learner {
     model: FastaiModel,
