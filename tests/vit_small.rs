@@ -8,7 +8,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use fastai_infer::model::BodyConfig;
+use fastai_infer::model::{head, BodyConfig};
 use fastai_infer::{FastaiWeights, Learner, Prediction, Recipe};
 
 fn small(rel: &str) -> std::path::PathBuf {
@@ -65,7 +65,14 @@ fn the_architecture_and_recipe_come_from_the_file() {
         (384, 2, 6, 16, 224, 37)
     );
     // A 384-wide MLP (mlp_ratio 1), fastai's default 512-wide head.
-    assert_eq!((c.mlp_ratio, c.mlp_hidden(), c.head_hidden), (1, 384, 512));
+    let head_hidden = w.config().head.layers.iter().find_map(|l| match l {
+        head::Layer::Linear { out_features, .. } => Some(*out_features),
+        _ => None,
+    });
+    assert_eq!(
+        (c.mlp_ratio, c.mlp_hidden(), head_hidden),
+        (1, 384, Some(512))
+    );
     let expected = std::fs::read_to_string(small("recipe_expected.json")).unwrap();
     assert_eq!(w.recipe().unwrap(), Recipe::from_json(&expected).unwrap());
     assert_eq!(w.vocab().unwrap().unwrap().len(), 37);
