@@ -180,6 +180,16 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A device could not be named or opened ([`crate::DeviceSpec`]): an unknown name, a GPU
+    /// asked of a build without the `cuda` feature, or a GPU the CUDA driver cannot open.
+    #[error("device {device:?}: {reason}")]
+    Device {
+        /// The device as given (`gpu`, `cuda:1`, ...).
+        device: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An error from candle while running tensor ops.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

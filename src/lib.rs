@@ -39,6 +39,7 @@
 pub mod batch_tfms;
 pub mod categorize;
 pub mod decode;
+pub mod device;
 pub mod error;
 pub mod item_tfms;
 pub mod learner;
@@ -50,6 +51,7 @@ pub use categorize::{Prediction, Ranked, Vocab};
 pub use decode::{
     load_image, load_image_from_memory, load_image_from_memory_with, load_image_with, DecodeOptions,
 };
+pub use device::DeviceSpec;
 pub use error::{Error, KeyProblem, NonFinite, Result};
 pub use learner::Learner;
 pub use model::{Config, FastaiModel};
