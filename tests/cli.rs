@@ -1,21 +1,26 @@
 //! The predict command (`examples/predict`), run in-process: its logic is `#[path]`-included
 //! from `examples/predict/cli.rs`, so every path, exit code and message is tested without
-//! spawning `cargo run` (and without depending on the example binary being built).
+//! spawning `cargo run` (and without depending on the example binary being built). The flags it
+//! shares with bench, serve and convert come from `examples/common/mod.rs` through it.
+//!
+//! Where a real process is needed (piped standard streams), the test binary runs itself as the
+//! child: the ignored test `predict_child_process` is predict's `main`.
 
 #[path = "../examples/predict/cli.rs"]
 mod cli;
 mod tiny;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cli::{expand, Input, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE};
 
-/// Runs the command; returns (exit code, stdout, stderr).
+/// Runs the command (no progress bar); returns (exit code, stdout, stderr).
 fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (u8, String, String) {
     let argv: Vec<OsString> = args.iter().map(|a| a.as_ref().to_os_string()).collect();
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = cli::run(argv, &mut out, &mut err);
+    let code = cli::run(argv, &mut out, &mut err, false);
     (
         code,
         String::from_utf8(out).unwrap(),
@@ -60,28 +65,63 @@ fn tree() -> tempfile::TempDir {
 }
 
 #[test]
-fn help_documents_the_exit_codes() {
-    let (code, out, err) = run(&[&"--help"]);
-    assert_eq!(code, EXIT_OK);
-    assert!(err.is_empty());
-    for line in [
-        "exit codes:",
-        "0  every image predicted",
-        "1  some input failed",
-        "2  bad arguments",
-    ] {
-        assert!(out.contains(line), "--help lacks {line:?}");
+fn help_documents_the_flags_and_the_exit_codes() {
+    for flag in ["--help", "-h"] {
+        let (code, out, err) = run(&[&flag]);
+        assert_eq!(code, EXIT_OK);
+        assert!(err.is_empty());
+        for line in [
+            "Usage: predict [OPTIONS] <PATH>...",
+            "--weights <FILE>",
+            "--labels <FILE>",
+            "--device <DEVICE>",
+            "cpu, cuda (the first GPU) or",
+            "--top-k <N>",
+            "--max-pixels <N>",
+            "[default: 178956970]",
+            "--exif-orientation",
+            "--dump-input <DIR>",
+            "--json",
+            "exit codes:",
+            "0  every image predicted",
+            "1  some input failed",
+            "2  bad arguments",
+        ] {
+            assert!(out.contains(line), "{flag} lacks {line:?}:\n{out}");
+        }
     }
 }
 
 #[test]
-fn bad_arguments_exit_2_with_the_usage() {
-    for args in [
-        vec![],
-        vec!["--top-k", "0", "x.png"],
-        vec!["--top-k"],
-        vec!["--max-pixels", "lots", "x.png"],
-        vec!["--frobnicate", "x.png"],
+fn bad_arguments_exit_2_with_a_message_naming_the_argument() {
+    for (args, says) in [
+        (vec![], "<PATH>"),
+        (
+            vec!["--top-k", "0", "x.png"],
+            "'--top-k <N>': expected an integer >= 1",
+        ),
+        (vec!["--top-k"], "--top-k"),
+        (vec!["--top-k", "-3", "x.png"], "unexpected argument '-3'"),
+        (vec!["--max-pixels", "lots", "x.png"], "'--max-pixels <N>'"),
+        (
+            vec!["--max-pixels", "0", "x.png"],
+            "expected an integer >= 1",
+        ),
+        (
+            vec!["--frobnicate", "x.png"],
+            "unexpected argument '--frobnicate'",
+        ),
+        (
+            vec!["--weight", "w", "x.png"],
+            "a similar argument exists: '--weights'",
+        ),
+        (vec!["--weights"], "--weights"),
+        (
+            vec!["--device", "gpu", "x.png"],
+            "expected cpu, cuda or cuda:N",
+        ),
+        (vec!["--device", "cuda:x", "x.png"], "device \"cuda:x\""),
+        (vec!["--json=yes", "x.png"], "--json"),
     ] {
         let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
             .iter()
@@ -89,12 +129,41 @@ fn bad_arguments_exit_2_with_the_usage() {
             .collect();
         let (code, out, err) = run(&a);
         assert_eq!(code, EXIT_USAGE, "{args:?}");
-        assert!(out.is_empty());
+        assert!(out.is_empty(), "{args:?}: {out}");
         assert!(
-            err.starts_with("error: ") && err.contains("usage: predict"),
-            "{err}"
+            err.starts_with("error: ") && err.contains(says) && err.contains("try '--help'"),
+            "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn a_repeated_flag_takes_its_last_value() {
+    let (_w, weights) = tiny_weights();
+    let img = fixture("hostile/gray8.png");
+    let (code, out, err) = run(&[
+        &"--weights",
+        &"missing.safetensors",
+        &"--weights",
+        &weights,
+        &"--top-k",
+        &"2",
+        &"--top-k",
+        &"1",
+        &img,
+    ]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[test]
+fn after_double_dash_everything_is_a_path() {
+    let (_w, weights) = tiny_weights();
+    // `--json` here is a (missing) file, not the flag: text mode, and its path in the error.
+    let (code, out, err) = run(&[&"--weights", &weights, &"--", &"--json"]);
+    assert_eq!(code, EXIT_SOME_FAILED, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.starts_with("error: cannot read --json"), "{err}");
 }
 
 #[test]
@@ -281,4 +350,247 @@ fn unreadable_directories_are_reported() {
         matches!(&got[0], Input::Failed(p, e) if p == &locked && e.contains("cannot read directory"))
     );
     assert_eq!(got[1], Input::Image(t.path().join("b.PNG")));
+}
+
+#[test]
+fn labels_and_device_cpu_are_used() {
+    let (_w, weights) = tiny_weights();
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "first\nsecond\n").unwrap();
+    let img = fixture("hostile/gray8.png");
+    let (code, out, err) = run(&[
+        &"--weights",
+        &weights,
+        &"--labels",
+        &labels,
+        &"--device",
+        &"cpu",
+        &"--json",
+        &img,
+    ]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        ["first", "second"].contains(&v["label"].as_str().unwrap()),
+        "{v}"
+    );
+    // Three labels for a two-class head: refused before anything runs, naming the file.
+    std::fs::write(&labels, "a\nb\nc\n").unwrap();
+    let (code, out, err) = run(&[&"--weights", &weights, &"--labels", &labels, &img]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(out.is_empty() && err.contains("labels.txt"), "{err}");
+}
+
+/// In a build without the `cuda` feature, asking for a GPU is a usage error that says how to
+/// get one, before the weights are read.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_in_a_build_without_the_feature_exits_2_saying_so() {
+    let img = fixture("hostile/gray8.png");
+    for device in ["cuda", "cuda:0", "cuda:3"] {
+        let (code, out, err) = run(&[&"--device", &device, &"--weights", &"nowhere", &img]);
+        assert_eq!(code, EXIT_USAGE, "{device}");
+        assert!(out.is_empty());
+        assert!(
+            err.starts_with("error: device \"cuda:")
+                && err.contains("no CUDA support")
+                && err.contains("--features cuda")
+                && !err.contains("nowhere"),
+            "{err}"
+        );
+    }
+}
+
+/// A writer that records how many bytes had been written at each flush.
+#[derive(Default)]
+struct FlushLog {
+    bytes: Vec<u8>,
+    flushed_at: Vec<usize>,
+}
+
+impl Write for FlushLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.flushed_at.push(self.bytes.len());
+        Ok(())
+    }
+}
+
+/// Each image's result is flushed as soon as it is written, not collected to the end: with
+/// `--json`, the flushes fall exactly at the end of every line, one line per input, good or
+/// failed.
+#[test]
+fn results_are_flushed_one_image_at_a_time() {
+    let (_w, weights) = tiny_weights();
+    let t = tree();
+    let missing = t.path().join("missing.png");
+    for json in [true, false] {
+        let mut argv: Vec<OsString> = vec!["--weights".into(), weights.clone().into()];
+        if json {
+            argv.push("--json".into());
+        }
+        argv.extend([t.path().into(), missing.clone().into()]);
+        let (mut out, mut err) = (FlushLog::default(), Vec::new());
+        let code = cli::run(argv, &mut out, &mut err, false);
+        assert_eq!(code, EXIT_SOME_FAILED);
+        let text = String::from_utf8(out.bytes).unwrap();
+        let mut flushes = out.flushed_at.clone();
+        flushes.dedup();
+        if json {
+            // Four inputs: y.gif (fails), z.jpg, b.PNG, missing.png (fails).
+            let ends: Vec<usize> = text.match_indices('\n').map(|(i, _)| i + 1).collect();
+            assert_eq!(ends.len(), 4, "{text}");
+            assert_eq!(flushes, ends, "{text}");
+        } else {
+            // Text mode: a flush after each image's block (the two that decoded) and after
+            // each failure (its line is on stderr; stdout is flushed all the same).
+            assert_eq!(out.flushed_at.len(), 4, "{text}");
+            let blocks: Vec<usize> = text
+                .match_indices("\n/")
+                .map(|(i, _)| i + 1)
+                .chain([text.len()])
+                .collect();
+            assert!(
+                blocks.iter().all(|b| flushes.contains(b)),
+                "{flushes:?} {text}"
+            );
+        }
+    }
+}
+
+/// The environment variable that turns `predict_child_process` into predict's `main`: the
+/// arguments, one per line.
+const CHILD_ARGS: &str = "FASTAI_INFER_PREDICT_CHILD_ARGS";
+
+/// predict's `main` in a child process (run by the tests below, with `--ignored --exact`):
+/// the process's own standard streams, the progress bar when standard error is a terminal.
+#[test]
+#[ignore = "the child process of the piped-streams test; does nothing alone"]
+fn predict_child_process() {
+    let Some(args) = std::env::var_os(CHILD_ARGS) else {
+        eprintln!("{CHILD_ARGS} is not set: nothing to run");
+        return;
+    };
+    let args = args.into_string().expect("the test passes UTF-8 paths");
+    let code = cli::run_on_process_streams(args.split('\n').map(OsString::from));
+    std::process::exit(i32::from(code));
+}
+
+/// Kills the child on drop, so that a failed assertion does not leave it blocked on the FIFO.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real predict process with piped stdout and stderr: the first image's JSON line arrives
+/// while the process is still running (it is blocked on the second input, a FIFO nobody has
+/// written yet), and nothing at all (no progress bar, no escape codes) goes to the piped
+/// stderr.
+#[cfg(unix)]
+#[test]
+fn piped_json_streams_per_image_and_stderr_stays_silent() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let (_w, weights) = tiny_weights();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("late.png");
+    match Command::new("mkfifo").arg(&fifo).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("skipped: mkfifo did not make a FIFO ({other:?})");
+            return;
+        }
+    }
+    let first = fixture("hostile/gray8.png");
+    let args = [
+        "--weights".to_string(),
+        weights.display().to_string(),
+        "--json".to_string(),
+        first.display().to_string(),
+        fifo.display().to_string(),
+    ]
+    .join("\n");
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "predict_child_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_ARGS, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    // Were the first line held back until the end, the child would wait on the FIFO and this
+    // test on the line: after 5 minutes a watchdog kills the child, which fails the test
+    // below instead of hanging it.
+    let (first_seen, watch) = std::sync::mpsc::channel::<()>();
+    let pid = child.0.id().to_string();
+    std::thread::spawn(move || {
+        let timeout = std::time::Duration::from_secs(300);
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(timeout) {
+            let _ = Command::new("kill").arg(&pid).status();
+        }
+    });
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut stderr = child.0.stderr.take().unwrap();
+    // The test harness prints its own lines ("running 1 test") on stdout first.
+    let first_line = loop {
+        let mut line = String::new();
+        let n = stdout.read_line(&mut line).unwrap();
+        if n == 0 {
+            let mut e = String::new();
+            let _ = stderr.read_to_string(&mut e);
+            panic!("predict ended before writing its first result; stderr: {e}");
+        }
+        if line.starts_with('{') {
+            break line;
+        }
+    };
+    let _ = first_seen.send(());
+    // The process cannot finish before something opens the FIFO for writing.
+    assert!(child.0.try_wait().unwrap().is_none());
+    let v: serde_json::Value = serde_json::from_str(&first_line).unwrap();
+    assert_eq!(v["path"], first.display().to_string());
+    assert!(v.get("error").is_none(), "{v}");
+
+    let image = std::fs::read(&first).unwrap();
+    let fifo_path = fifo.clone();
+    let writer = std::thread::spawn(move || std::fs::write(fifo_path, image));
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.0.wait().unwrap();
+    let mut err = Vec::new();
+    stderr.read_to_end(&mut err).unwrap();
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        String::from_utf8_lossy(&err)
+    );
+    writer.join().unwrap().unwrap();
+    let lines: Vec<serde_json::Value> = rest
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{rest}");
+    assert_eq!(lines[0]["path"], fifo.display().to_string());
+    assert_eq!(lines[0]["probabilities"], v["probabilities"]);
+    assert!(
+        err.is_empty(),
+        "stderr: {:?}",
+        String::from_utf8_lossy(&err)
+    );
 }

@@ -3,123 +3,83 @@
 #![allow(dead_code)]
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use clap::Parser;
 use fastai_infer::candle_core::{Device, Tensor};
 use fastai_infer::{load_image_with, DecodeOptions, Learner, Prediction};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-/// Every image predicted.
-pub const EXIT_OK: u8 = 0;
-/// At least one input failed (the others still ran).
-pub const EXIT_SOME_FAILED: u8 = 1;
-/// Bad arguments, weights or labels: nothing was predicted.
-pub const EXIT_USAGE: u8 = 2;
+#[path = "../common/mod.rs"]
+pub mod common;
+
+use common::{MaxPixelsArg, ModelArgs, TopKArg};
+pub use common::{EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE};
 
 /// The file extensions a directory walk picks up (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"];
 
-pub const USAGE: &str = "\
-usage: predict [--weights FILE] [--labels FILE] [--top-k N] [--json] [--dump-input DIR]
-               [--max-pixels N] [--exif-orientation] PATH...
-
-  PATH              an image file (any name: the format is read from the bytes) or a
-                    directory, walked recursively in sorted order (byte order of the names,
-                    depth first) for files named *.png, *.jpg, *.jpeg, *.gif, *.bmp, *.webp,
-                    *.tif, *.tiff (any case); hidden entries (.name) and symlinked
-                    directories are skipped
-  --weights FILE    fastai's state_dict as safetensors or as learn.save's .pth
-                    (default: the shipped weights/pets_vit_tiny.safetensors)
-  --labels FILE     vocab, one label per line (default: the vocab in the weights' metadata)
-  --top-k N         how many classes to show (default 3)
-  --json            one JSON object per image per line:
-                    {\"path\", \"label\", \"index\", \"probabilities\", \"top_k\": [{\"label\", \"probability\"}]}
-                    or {\"path\", \"error\"} for a path that failed
-  --dump-input DIR  write each image's normalized (1,3,224,224) f32 model input to DIR/<stem>.npy
-  --max-pixels N    refuse images of more than N pixels before decoding them
-                    (default 178956970, PIL's DecompressionBombError limit)
-  --exif-orientation
-                    rotate/flip images as their EXIF orientation says (fastai does not:
-                    off by default)
-
+const EXIT_CODES: &str = "\
 exit codes:
   0  every image predicted
   1  some input failed: a missing or unreadable path, a directory with no images, an image
      that does not decode or is over the pixel limit (each is reported with its path; the
      others still run)
-  2  bad arguments, or weights or labels that cannot be loaded (nothing is predicted)";
+  2  bad arguments, or weights, labels or a device that cannot be loaded (nothing is
+     predicted)
+
+When standard error is a terminal, a progress bar (done/total, images/s, time left) is
+drawn there; piped, it stays silent. Each result is written as soon as it is known.";
 
 /// The parsed command line.
-#[derive(Debug)]
+#[derive(Parser, Debug)]
+#[command(
+    name = "predict",
+    about = "Predict image files with a fastai classifier, as learn.predict would",
+    after_help = EXIT_CODES,
+    args_override_self = true
+)]
 pub struct Args {
-    pub weights: PathBuf,
-    pub labels: Option<PathBuf>,
-    pub top_k: usize,
-    pub json: bool,
-    pub dump_input: Option<PathBuf>,
-    pub decode: DecodeOptions,
+    /// an image file (any name: the format is read from the bytes) or a directory, walked
+    /// recursively in sorted order (byte order of the names, depth first) for files named
+    /// *.png, *.jpg, *.jpeg, *.gif, *.bmp, *.webp, *.tif, *.tiff (any case); hidden entries
+    /// (.name) and symlinked directories are skipped
+    #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub top_k: TopKArg,
+
+    /// one JSON object per image per line: {"path", "label", "index", "probabilities",
+    /// "top_k": [{"label", "probability"}]}, or {"path", "error"} for a path that failed
+    #[arg(long)]
+    pub json: bool,
+
+    /// write each image's normalized (1,3,H,W) f32 model input to DIR/<stem>.npy, to diff
+    /// against fastai's learn.dls.test_dl([path]).one_batch()
+    #[arg(long, value_name = "DIR")]
+    pub dump_input: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub max_pixels: MaxPixelsArg,
+
+    /// rotate/flip images as their EXIF orientation says (fastai does not: off by default)
+    #[arg(long)]
+    pub exif_orientation: bool,
 }
 
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Command {
-    Help,
-    Predict(Args),
-}
-
-/// Parses the arguments (without the program name).
-pub fn parse_args(argv: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
-    let mut args = Args {
-        weights: Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/pets_vit_tiny.safetensors"),
-        labels: None,
-        top_k: 3,
-        json: false,
-        dump_input: None,
-        decode: DecodeOptions::default(),
-        paths: Vec::new(),
-    };
-    let mut it = argv.into_iter();
-    let mut only_paths = false;
-    while let Some(a) = it.next() {
-        if only_paths {
-            args.paths.push(PathBuf::from(a));
-            continue;
-        }
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value"))
-                .map(PathBuf::from)
-        };
-        let number = |name: &str, v: PathBuf| {
-            v.to_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|&k| k > 0)
-                .ok_or_else(|| format!("{name} needs a positive integer, got {v:?}"))
-        };
-        match a.to_str() {
-            Some("--weights") => args.weights = value("--weights")?,
-            Some("--labels") => args.labels = Some(value("--labels")?),
-            Some("--top-k") => {
-                let k = number("--top-k", value("--top-k")?)?;
-                args.top_k = usize::try_from(k).map_err(|_| "--top-k is too large".to_string())?;
-            }
-            Some("--max-pixels") => {
-                args.decode.max_pixels = number("--max-pixels", value("--max-pixels")?)?
-            }
-            Some("--exif-orientation") => args.decode.apply_exif_orientation = true,
-            Some("--json") => args.json = true,
-            Some("--dump-input") => args.dump_input = Some(value("--dump-input")?),
-            Some("-h") | Some("--help") => return Ok(Command::Help),
-            Some("--") => only_paths = true,
-            Some(s) if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            _ => args.paths.push(PathBuf::from(a)),
+impl Args {
+    /// The decoder's options from `--max-pixels` and `--exif-orientation`.
+    pub fn decode(&self) -> DecodeOptions {
+        DecodeOptions {
+            max_pixels: self.max_pixels.max_pixels,
+            apply_exif_orientation: self.exif_orientation,
         }
     }
-    if args.paths.is_empty() {
-        return Err("no PATH given".into());
-    }
-    Ok(Command::Predict(args))
 }
 
 /// One input after directory expansion: an image file to predict, or a path that failed.
@@ -262,31 +222,54 @@ fn run_one(
     learn.predict(&img).map_err(|e| e.to_string())
 }
 
+/// A progress bar on the process's standard error when `show` (predict's `main` passes
+/// whether standard error is a terminal), or a hidden one.
+pub fn progress_bar(total: usize, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} images, {rate} images/s, {eta} left (elapsed {elapsed})",
+    )
+    .map(|s| {
+        s.with_key("rate", |st: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.1}", st.per_sec());
+        })
+    })
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr())
+        .with_style(style)
+}
+
+/// What predict's `main` runs: the process's own standard streams, the progress bar only when
+/// standard error is a terminal. Standard error is not locked, so that the bar and the error
+/// lines can share it.
+pub fn run_on_process_streams(argv: impl IntoIterator<Item = OsString>) -> u8 {
+    let show_progress = std::io::stderr().is_terminal();
+    run(
+        argv,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr(),
+        show_progress,
+    )
+}
+
 /// Runs the command: predictions to `out`, errors to `err` (in `--json` mode a failed path is
-/// a `{"path", "error"}` line on `out`). Returns the exit code.
+/// a `{"path", "error"}` line on `out`), a progress bar on the process's standard error when
+/// `show_progress`. Each image's result is written and flushed as soon as it is known.
+/// Returns the exit code.
 pub fn run(
     argv: impl IntoIterator<Item = OsString>,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    show_progress: bool,
 ) -> u8 {
     // Output errors (a closed pipe) cannot be reported anywhere better; they are ignored.
-    let args = match parse_args(argv) {
-        Ok(Command::Help) => {
-            let _ = writeln!(out, "{USAGE}");
-            return EXIT_OK;
-        }
-        Ok(Command::Predict(a)) => a,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}\n\n{USAGE}");
-            return EXIT_USAGE;
-        }
+    let args: Args = match common::parse(argv, out, err) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    let device = Device::Cpu;
-    let learn = match &args.labels {
-        Some(labels) => Learner::load_with_labels(&args.weights, labels, &device),
-        None => Learner::load(&args.weights, &device),
-    };
-    let learn = match learn {
+    let learn = match args.model.load() {
         Ok(l) => l,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -299,48 +282,60 @@ pub fn run(
             return EXIT_USAGE;
         }
     }
+    let decode = args.decode();
+    let top_k = args.top_k.top_k;
+    let inputs = expand(&args.paths);
+    let bar = progress_bar(inputs.len(), show_progress);
     let mut failed = false;
-    for input in expand(&args.paths) {
+    for input in inputs {
         let (path, result) = match input {
             Input::Image(p) => {
-                let r = run_one(&learn, &p, &args.decode, args.dump_input.as_deref());
+                let r = run_one(&learn, &p, &decode, args.dump_input.as_deref());
                 (p, r)
             }
             Input::Failed(p, e) => (p, Err(e)),
         };
         let shown = path.display().to_string();
-        match (result, args.json) {
-            (Ok(p), true) => {
-                let top: Vec<_> = p
-                    .top_k(args.top_k)
-                    .into_iter()
-                    .map(|r| serde_json::json!({"label": r.label, "probability": r.probability}))
-                    .collect();
-                let v = serde_json::json!({
-                    "path": shown,
-                    "label": p.label,
-                    "index": p.index,
-                    "probabilities": p.probabilities,
-                    "top_k": top,
-                });
-                let _ = writeln!(out, "{v}");
-            }
-            (Ok(p), false) => {
-                let _ = writeln!(out, "{shown}");
-                for r in p.top_k(args.top_k) {
-                    let _ = writeln!(out, "  {:<28} {:.4}", r.label, r.probability);
+        failed |= result.is_err();
+        // The bar is cleared while a result is written (stdout and stderr may be one terminal).
+        bar.suspend(|| {
+            match (result, args.json) {
+                (Ok(p), true) => {
+                    let top: Vec<_> = p
+                        .top_k(top_k)
+                        .into_iter()
+                        .map(
+                            |r| serde_json::json!({"label": r.label, "probability": r.probability}),
+                        )
+                        .collect();
+                    let v = serde_json::json!({
+                        "path": shown,
+                        "label": p.label,
+                        "index": p.index,
+                        "probabilities": p.probabilities,
+                        "top_k": top,
+                    });
+                    let _ = writeln!(out, "{v}");
                 }
-            }
-            (Err(e), json) => {
-                failed = true;
-                if json {
+                (Ok(p), false) => {
+                    let _ = writeln!(out, "{shown}");
+                    for r in p.top_k(top_k) {
+                        let _ = writeln!(out, "  {:<28} {:.4}", r.label, r.probability);
+                    }
+                }
+                (Err(e), true) => {
                     let _ = writeln!(out, "{}", serde_json::json!({"path": shown, "error": e}));
-                } else {
+                }
+                (Err(e), false) => {
                     let _ = writeln!(err, "error: {e}");
+                    let _ = err.flush();
                 }
             }
-        }
+            let _ = out.flush();
+        });
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if failed {
         EXIT_SOME_FAILED
     } else {
