@@ -2,9 +2,12 @@
 //! runtimes on the same machine.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--weights FILE] [--batch N] [--iters N] [--json]
-//!     [--dir DIR] [IMAGE...]
+//! cargo run --release --example bench -- [--weights FILE] [--labels FILE] [--device DEVICE]
+//!     [--batch N] [--iters N] [--json] [--dir DIR] [--stdin] [IMAGE...]
 //! ```
+//!
+//! `--weights`, `--labels` and `--device` are the flags every example shares
+//! (`examples/common/mod.rs`). On a GPU every timed run waits for the device to finish.
 //!
 //! Prints, as medians over `--iters` runs:
 //! - the cold start: weights file to the first prediction (load, build, first image), measured
@@ -37,22 +40,64 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use fastai_infer::candle_core::{Device, Tensor};
+use clap::Parser;
+use fastai_infer::candle_core::Tensor;
 use fastai_infer::{load_image, Learner};
 
-const USAGE: &str = "\
-usage: bench [--weights FILE] [--batch N] [--iters N] [--json] [--dir DIR] [--stdin] [IMAGE...]
-  --weights FILE  safetensors weights (default: the shipped weights/pets_vit_tiny.safetensors)
-  --batch N       forward-pass batch size, also the batch size for --dir (default 1)
-  --iters N       timed iterations of each measurement (default 20; 3 passes over --dir)
-  --json          print one line {\"batch\": N, \"forward_ms\": ..., \"end_to_end_ms\": ...,
-                  \"transforms_ms\": ..., \"cold_start_ms\": ..., \"peak_rss_mb\": ...
-                  [, \"dir_images\": ..., \"dir_images_per_s\": ...]}
-  --dir DIR       also time predict_paths over the image files in DIR (sorted by name)
-  --stdin         load once, then answer timing requests read from standard input, one
-                  JSON line each: `forward N ITERS`, `e2e ITERS`, `transforms ITERS`,
-                  `decode ITERS`, `dir ITERS`
-  IMAGE...        images for the end-to-end time (default: a shipped fixture photo)";
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{at_least, ModelArgs, EXIT_USAGE};
+
+const STDIN_REQUESTS: &str = "\
+--stdin requests, one a line, each answered by one JSON line
+{\"what\", \"median_ms\", \"times_ms\": [...]} (for dir also \"images\"), or {\"error\"}:
+  forward N ITERS   forward pass on a batch of N
+  e2e ITERS         file to probabilities, batch 1, cycling through the images
+  transforms ITERS  item + batch transforms of one decoded image
+  decode ITERS      decoding one image file, cycling through the images
+  dir ITERS         predict_paths over --dir, --batch per forward pass
+
+exit codes: 0 done, 2 bad arguments, weights, labels, device or images";
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Time the forward pass and the whole pipeline (medians over --iters runs)",
+    after_help = STDIN_REQUESTS,
+    args_override_self = true
+)]
+struct Args {
+    /// images for the end-to-end time (default: the shipped
+    /// tests/fixtures/images/grace_hopper.jpg)
+    #[arg(value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// forward-pass batch size, also the batch size for --dir
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least::<usize, 1>)]
+    batch: usize,
+
+    /// timed iterations of each measurement (--dir: 3 passes after one untimed)
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = at_least::<usize, 1>)]
+    iters: usize,
+
+    /// print one line {"batch": N, "forward_ms", "end_to_end_ms", "transforms_ms",
+    /// "cold_start_ms", "peak_rss_mb" [, "dir_images", "dir_images_per_s"]}
+    #[arg(long)]
+    json: bool,
+
+    /// also time predict_paths over the image files in DIR (sorted by name)
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// load once, then answer timing requests read from standard input (below)
+    #[arg(long)]
+    stdin: bool,
+}
 
 fn median_ms(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -92,9 +137,19 @@ impl Subject {
         self.learn.model_input(&filled).map_err(err)
     }
 
+    /// Waits for the device to finish the work queued so far (a no-op on the CPU), so that a
+    /// GPU's time is measured, not the time to queue its kernels.
+    fn sync(&self) -> Result<(), String> {
+        self.learn.device().synchronize().map_err(|e| e.to_string())
+    }
+
     fn forward(&self, input: &Tensor, iters: usize) -> Result<Vec<f64>, String> {
         self.learn.logits(input).map_err(err)?;
-        times_ms(iters, || self.learn.logits(input).map(|_| ()).map_err(err))
+        self.sync()?;
+        times_ms(iters, || {
+            self.learn.logits(input).map_err(err)?;
+            self.sync()
+        })
     }
 
     /// One untimed run first, as for every measurement except `dir`.
@@ -110,11 +165,13 @@ impl Subject {
 
     fn transforms(&self, iters: usize) -> Result<Vec<f64>, String> {
         self.learn.model_input(&self.decoded[..1]).map_err(err)?;
+        self.sync()?;
         let mut i = 0;
         times_ms(iters, || {
             i += 1;
             let img = std::slice::from_ref(&self.decoded[i % self.decoded.len()]);
-            self.learn.model_input(img).map(|_| ()).map_err(err)
+            self.learn.model_input(img).map_err(err)?;
+            self.sync()
         })
     }
 
@@ -228,47 +285,25 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-fn run() -> Result<(), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut weights = root.join("weights/pets_vit_tiny.safetensors");
-    let (mut batch, mut iters, mut json, mut stdin) = (1usize, 20usize, false, false);
-    let mut dir: Option<PathBuf> = None;
-    let mut images: Vec<PathBuf> = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut num = |name: &str| -> Result<usize, String> {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .filter(|&n: &usize| n > 0)
-                .ok_or_else(|| format!("{name} needs a positive integer"))
-        };
-        match a.as_str() {
-            "--weights" => {
-                weights = it
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or("--weights needs a value")?
-            }
-            "--dir" => dir = Some(it.next().map(PathBuf::from).ok_or("--dir needs a value")?),
-            "--batch" => batch = num("--batch")?,
-            "--iters" => iters = num("--iters")?,
-            "--json" => json = true,
-            "--stdin" => stdin = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
-            _ => images.push(PathBuf::from(a)),
-        }
-    }
+fn run(args: Args) -> Result<(), String> {
+    let Args {
+        mut images,
+        model,
+        batch,
+        iters,
+        json,
+        dir,
+        stdin,
+    } = args;
     if images.is_empty() {
-        images.push(root.join("tests/fixtures/images/grace_hopper.jpg"));
+        images.push(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/grace_hopper.jpg"),
+        );
     }
 
     // Cold start: weights file to the first prediction, before anything else has run.
     let t = Instant::now();
-    let learn = Learner::load(&weights, &Device::Cpu).map_err(err)?;
+    let learn: Learner = model.load().map_err(err)?;
     learn.predict_path(&images[0]).map_err(err)?;
     let cold_start_ms = t.elapsed().as_secs_f64() * 1e3;
 
@@ -344,11 +379,11 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    match run(common::parse_or_exit()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
