@@ -4,6 +4,8 @@
 #[path = "../examples/serve/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "../examples/serve/args.rs"]
+mod args;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -543,4 +545,135 @@ async fn a_body_that_never_arrives_is_a_408_and_frees_its_slot() {
     assert_eq!(state.admitted().available_permits(), 1);
     let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
     assert_prediction(&resp, "rocket_tiny.png");
+}
+
+/// Parses serve's command line (without the program name): the args, or (exit code, message).
+fn parse_args(argv: &[&str]) -> Result<args::Args, (u8, String)> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    args::common::parse::<args::Args>(argv.iter().map(|a| a.into()), &mut out, &mut err).map_err(
+        |code| {
+            let text = if code == 0 { out } else { err };
+            (code, String::from_utf8(text).unwrap())
+        },
+    )
+}
+
+#[test]
+fn the_command_line_defaults_are_the_configs() {
+    let a = parse_args(&[]).unwrap();
+    let (c, d) = (a.config(), Config::default());
+    assert_eq!(
+        (
+            c.max_body_bytes,
+            c.workers,
+            c.queue,
+            c.max_pixels,
+            c.top_k,
+            c.body_timeout
+        ),
+        (
+            d.max_body_bytes,
+            d.workers,
+            d.queue,
+            d.max_pixels,
+            d.top_k,
+            d.body_timeout
+        )
+    );
+    assert_eq!(args::DEFAULT_MAX_PIXELS, d.max_pixels.to_string());
+    assert_eq!(a.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    assert_eq!(a.model.device, fastai_infer::DeviceSpec::Cpu);
+    assert!(a
+        .model
+        .weights
+        .ends_with("weights/pets_vit_tiny.safetensors"));
+    assert!(a.model.labels.labels.is_none());
+}
+
+#[test]
+fn the_command_line_sets_every_limit() {
+    let a = parse_args(&[
+        "--addr",
+        "0.0.0.0:9000",
+        "--max-body-bytes",
+        "1000",
+        "--workers",
+        "3",
+        "--queue",
+        "0",
+        "--max-pixels",
+        "77",
+        "--top-k",
+        "5",
+        "--body-timeout-secs",
+        "9",
+        "--labels",
+        "l.txt",
+        "--weights",
+        "w.pth",
+        "--device",
+        "cuda:1",
+    ])
+    .unwrap();
+    let c = a.config();
+    assert_eq!(a.addr, SocketAddr::from(([0, 0, 0, 0], 9000)));
+    assert_eq!(
+        (c.max_body_bytes, c.workers, c.queue, c.max_pixels, c.top_k),
+        (1000, 3, 0, 77, 5)
+    );
+    assert_eq!(c.body_timeout, std::time::Duration::from_secs(9));
+    assert_eq!(
+        a.model.labels.labels.as_deref(),
+        Some(std::path::Path::new("l.txt"))
+    );
+    assert_eq!(a.model.weights, std::path::Path::new("w.pth"));
+    assert_eq!(a.model.device, fastai_infer::DeviceSpec::Cuda(1));
+}
+
+#[test]
+fn bad_command_lines_exit_2_naming_the_flag() {
+    for (argv, says) in [
+        (
+            &["--workers", "0"][..],
+            "'--workers <N>': expected an integer >= 1",
+        ),
+        (&["--max-body-bytes", "-1"], "unexpected argument '-1'"),
+        (&["--queue", "many"], "'--queue <N>'"),
+        (&["--addr", "localhost"], "'--addr <HOST:PORT>'"),
+        (&["--body-timeout-secs", "0"], "'--body-timeout-secs <N>'"),
+        (&["--device", "tpu"], "expected cpu, cuda or cuda:N"),
+        (&["--max-pixels", "0"], "'--max-pixels <N>'"),
+        (&["--workers"], "--workers"),
+        (&["photo.jpg"], "unexpected argument 'photo.jpg'"),
+    ] {
+        let (code, msg) = parse_args(argv).unwrap_err();
+        assert_eq!(code, 2, "{argv:?}");
+        assert!(
+            msg.starts_with("error: ") && msg.contains(says),
+            "{argv:?}: {msg}"
+        );
+    }
+    let (code, help) = parse_args(&["--help"]).unwrap_err();
+    assert_eq!(code, 0);
+    for s in [
+        "Usage: serve [OPTIONS]",
+        "--device <DEVICE>",
+        "[default: 50000000]",
+        "routes:",
+    ] {
+        assert!(help.contains(s), "{s}: {help}");
+    }
+}
+
+/// The device is opened before the weights are read: in a build without the `cuda` feature a
+/// GPU is refused with how to build one.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_in_a_build_without_cuda_is_refused_before_the_weights() {
+    let a = parse_args(&["--device", "cuda", "--weights", "nowhere.safetensors"]).unwrap();
+    let msg = a.model.load().err().unwrap().to_string();
+    assert!(
+        msg.contains("--features cuda") && !msg.contains("nowhere"),
+        "{msg}"
+    );
 }
