@@ -11,28 +11,74 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use fastai_infer::candle_core::Device;
 use fastai_infer::{FastaiWeights, Recipe, Vocab};
 
-const USAGE: &str = "\
-usage: convert [--labels FILE] [--arch NAME] [--num-heads N] [--item-size N|HxW]
-               [--val-xtra F] [--size N|HxW] [--mean R,G,B] [--std R,G,B] INPUT OUTPUT
+#[path = "common/mod.rs"]
+mod common;
 
-  INPUT            fastai's state_dict: learn.save's .pth (with or without the optimizer
-                   state; f32, f16 or bf16) or a safetensors file
-  OUTPUT           the safetensors file to write (f32 tensors, vocab and recipe in the metadata)
-  --labels FILE    the vocab, one label per line in class-index order (default: the input's
-                   vocab metadata, if any; a .pth has none)
-  recipe flags (defaults: the input's recipe, else the pets lesson):
-  --arch NAME      timm model name, e.g. vit_small_patch16_224 (fixes the attention heads)
-  --num-heads N    attention heads, when the name does not tell
-  --item-size S    RandomResizedCrop size: N or HxW (pets: 460)
-  --val-xtra F     RandomResizedCrop val_xtra (fastai's default 0.14)
-  --size S         aug_transforms size: N or HxW, the model's input (pets: 224)
-  --mean R,G,B     Normalize mean (default ImageNet's)
-  --std R,G,B      Normalize std (default ImageNet's)
+use common::{at_least, LabelsArg, EXIT_USAGE};
 
-exit codes: 0 written, 2 bad arguments or input";
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "convert",
+    about = "Write fastai's learn.save output (or any weights file fastai-infer reads) as one \
+             self-describing safetensors file: the state_dict, the vocab and the preprocessing \
+             recipe",
+    after_help = "exit codes: 0 written, 2 bad arguments or input",
+    args_override_self = true
+)]
+struct Args {
+    /// fastai's state_dict: learn.save's .pth (with or without the optimizer state; f32, f16 or
+    /// bf16) or a safetensors file
+    #[arg(value_name = "INPUT")]
+    input: PathBuf,
+
+    /// the safetensors file to write (f32 tensors, vocab and recipe in the metadata)
+    #[arg(value_name = "OUTPUT")]
+    output: PathBuf,
+
+    #[command(flatten)]
+    labels: LabelsArg,
+
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+/// The recipe flags: each replaces one field of the input's recipe.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Recipe (default: the input's recipe, else the pets lesson's)")]
+struct RecipeArgs {
+    /// timm model name, e.g. vit_small_patch16_224 (fixes the attention heads)
+    #[arg(long, value_name = "NAME")]
+    arch: Option<String>,
+
+    /// attention heads, when the name does not tell
+    #[arg(long, value_name = "N", value_parser = at_least::<usize, 1>)]
+    num_heads: Option<usize>,
+
+    /// RandomResizedCrop size: N or HxW (pets: 460)
+    #[arg(long, value_name = "S", value_parser = size)]
+    item_size: Option<(u32, u32)>,
+
+    /// RandomResizedCrop val_xtra (fastai's default 0.14)
+    #[arg(long, value_name = "F", value_parser = val_xtra)]
+    val_xtra: Option<f64>,
+
+    /// aug_transforms size: N or HxW, the model's input (pets: 224)
+    #[arg(long, value_name = "S", value_parser = size)]
+    size: Option<(u32, u32)>,
+
+    /// Normalize mean (default ImageNet's)
+    #[arg(long, value_name = "R,G,B", value_parser = triple)]
+    mean: Option<[f32; 3]>,
+
+    /// Normalize std (default ImageNet's)
+    #[arg(long, value_name = "R,G,B", value_parser = positive_triple)]
+    std: Option<[f32; 3]>,
+}
 
 fn size(v: &str) -> Result<(u32, u32), String> {
     let parse = |s: &str| {
@@ -56,36 +102,28 @@ fn triple(v: &str) -> Result<[f32; 3], String> {
     <[f32; 3]>::try_from(parts).map_err(|_| format!("bad triple {v:?}: expected three numbers"))
 }
 
-fn run() -> Result<(), String> {
-    let mut labels: Option<PathBuf> = None;
-    let mut flags: Vec<(String, String)> = Vec::new();
-    let mut paths: Vec<PathBuf> = Vec::new();
-    let mut it = std::env::args_os().skip(1);
-    while let Some(a) = it.next() {
-        let Some(s) = a.to_str() else {
-            paths.push(PathBuf::from(a));
-            continue;
-        };
-        match s {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            "--labels" => labels = Some(it.next().ok_or("--labels needs a value")?.into()),
-            "--arch" | "--num-heads" | "--item-size" | "--val-xtra" | "--size" | "--mean"
-            | "--std" => {
-                let v = it
-                    .next()
-                    .and_then(|v| v.into_string().ok())
-                    .ok_or_else(|| format!("{s} needs a value"))?;
-                flags.push((s.to_string(), v));
-            }
-            f if f.starts_with("--") => return Err(format!("unknown option {f}\n\n{USAGE}")),
-            _ => paths.push(PathBuf::from(s)),
-        }
+fn positive_triple(v: &str) -> Result<[f32; 3], String> {
+    let s = triple(v)?;
+    if s.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
+        return Err("expected three positive numbers".into());
     }
-    let [input, output] = <[PathBuf; 2]>::try_from(paths)
-        .map_err(|_| format!("expected INPUT and OUTPUT\n\n{USAGE}"))?;
+    Ok(s)
+}
+
+fn val_xtra(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+        .ok_or_else(|| "expected a number >= 0".into())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let Args {
+        input,
+        output,
+        labels: LabelsArg { labels },
+        recipe: flags,
+    } = args;
     if input == output {
         return Err("INPUT and OUTPUT are the same file".into());
     }
@@ -96,44 +134,28 @@ fn run() -> Result<(), String> {
         .ok()
         .and_then(|w| w.recipe().ok())
         .unwrap_or_default();
-    for (flag, v) in &flags {
-        match flag.as_str() {
-            "--arch" => recipe.arch = Some(v.clone()),
-            "--num-heads" => {
-                recipe.num_heads = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|&n: &usize| n > 0)
-                        .ok_or("--num-heads needs a positive integer")?,
-                )
-            }
-            "--item-size" => {
-                let (h, w) = size(v)?;
-                recipe.item_tfms.height = h;
-                recipe.item_tfms.width = w;
-            }
-            "--val-xtra" => {
-                recipe.item_tfms.val_xtra = v
-                    .parse()
-                    .ok()
-                    .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-                    .ok_or("--val-xtra needs a number >= 0")?
-            }
-            "--size" => {
-                let (h, w) = size(v)?;
-                recipe.batch_tfms.height = h as usize;
-                recipe.batch_tfms.width = w as usize;
-            }
-            "--mean" => recipe.batch_tfms.normalize.mean = triple(v)?,
-            "--std" => {
-                let s = triple(v)?;
-                if s.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
-                    return Err("--std needs three positive numbers".into());
-                }
-                recipe.batch_tfms.normalize.std = s;
-            }
-            _ => unreachable!("flags are filtered above"),
-        }
+    if let Some(arch) = flags.arch {
+        recipe.arch = Some(arch);
+    }
+    if let Some(n) = flags.num_heads {
+        recipe.num_heads = Some(n);
+    }
+    if let Some((h, w)) = flags.item_size {
+        recipe.item_tfms.height = h;
+        recipe.item_tfms.width = w;
+    }
+    if let Some(x) = flags.val_xtra {
+        recipe.item_tfms.val_xtra = x;
+    }
+    if let Some((h, w)) = flags.size {
+        recipe.batch_tfms.height = h as usize;
+        recipe.batch_tfms.width = w as usize;
+    }
+    if let Some(m) = flags.mean {
+        recipe.batch_tfms.normalize.mean = m;
+    }
+    if let Some(s) = flags.std {
+        recipe.batch_tfms.normalize.std = s;
     }
     // Check the recipe the way a reader will.
     let recipe = Recipe::from_json(&recipe.to_json()).map_err(|e| format!("recipe: {e}"))?;
@@ -164,11 +186,11 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    match run(common::parse_or_exit()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
