@@ -15,6 +15,9 @@
 //! | decode labels | softmax, argmax, `dls.vocab` | [`categorize`] |
 //! | facade | `Learner.predict` | [`Learner`] |
 //!
+//! The learner runs on the device it is loaded on: [`DeviceSpec`] names one (`cpu`, `cuda`,
+//! `cuda:N`, as the examples' `--device` flag does); a GPU needs the `cuda` feature.
+//!
 //! ```
 //! use candle_core::Device;
 //! use fastai_infer::Learner;
@@ -60,3 +63,8 @@ pub use weights::FastaiWeights;
 
 /// Re-exported so users can name devices and tensors without adding candle themselves.
 pub use candle_core;
+
+// The README's Rust example is compiled and run as a doctest, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
