@@ -115,8 +115,8 @@ def _runs_on_valid(t):
     return si is None or si == 1
 
 
-def _pipeline(learn, name):
-    dls = learn.dls
+def _pipeline(learn_or_dls, name):
+    dls = getattr(learn_or_dls, "dls", learn_or_dls)
     valid = getattr(dls, "valid", None)
     p = getattr(valid, name, None) if valid is not None else None
     return p if p is not None else getattr(dls, name)
@@ -126,53 +126,86 @@ def _pipeline(learn, name):
 # transforms
 # ---------------------------------------------------------------------------------------------
 
-def item_recipe(learn):
-    """The RandomResizedCrop of the validation item pipeline, as the recipe's item_tfms."""
-    from PIL import Image
-    from fastai.data.transforms import ToTensor
-    from fastai.vision.augment import RandomResizedCrop
+def _sides(size):
+    """fastai's item transforms store size as (width, height) (`_process_sz`)."""
+    width, height = (int(s) for s in size)
+    return height, width
 
-    rrc, to_tensor = [], []
-    for t in _pipeline(learn, "after_item").fs:
+
+_RESAMPLES = None
+
+
+def _resample_name(t, mode):
+    from PIL import Image
+    table = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.NEAREST: "nearest"}
+    try:
+        return table[Image.Resampling(mode)]
+    except (KeyError, ValueError):
+        _refuse(f"item transform {_desc(t)} resamples images with "
+                f"{getattr(Image.Resampling(mode), 'name', mode)}; {ITEM_SUPPORT}")
+
+
+def _pad_name(t, pad_mode):
+    p = str(pad_mode)
+    if p not in ("reflection", "zeros", "border"):
+        _refuse(f"item transform {_desc(t)} has pad_mode {pad_mode!r}; {ITEM_SUPPORT}")
+    return p
+
+
+def item_recipe(dls):
+    """The validation item pipeline (in order) as the recipe's item_tfms list."""
+    from fastai.data.transforms import ToTensor
+    from fastai.vision.augment import CropPad, RandomResizedCrop, Resize
+
+    steps, to_tensor = [], []
+    for t in _pipeline(dls, "after_item").fs:
         if not _runs_on_valid(t):
             continue
         if type(t) is RandomResizedCrop:
-            rrc.append(t)
+            vx = float(t.val_xtra)
+            if not (math.isfinite(vx) and vx >= 0):
+                _refuse(f"item transform {_desc(t)} has val_xtra {vx}; it must be a finite "
+                        f"number >= 0")
+            h, w = _sides(t.size)
+            steps.append({"name": "RandomResizedCrop", "height": h, "width": w,
+                          "val_xtra": vx, "resample": _resample_name(t, t.mode)})
+        elif type(t) is Resize:
+            h, w = _sides(t.size)
+            method = str(t.method)
+            if method not in ("crop", "squish", "pad"):
+                _refuse(f"item transform {_desc(t)} has method {t.method!r}; {ITEM_SUPPORT}")
+            steps.append({"name": "Resize", "height": h, "width": w, "method": method,
+                          "pad_mode": _pad_name(t, t.pad_mode),
+                          "resample": _resample_name(t, t.mode)})
+        elif type(t) is CropPad:
+            h, w = _sides(t.size)
+            steps.append({"name": "CropPad", "height": h, "width": w,
+                          "pad_mode": _pad_name(t, t.pad_mode)})
         elif isinstance(t, ToTensor):
             to_tensor.append(t)
         else:
             _refuse(f"item transform {_desc(t)} runs on the validation set; {ITEM_SUPPORT}")
-    if len(rrc) != 1:
-        _refuse(f"the item transforms hold {len(rrc)} RandomResizedCrop (need exactly one); "
-                f"{ITEM_SUPPORT}")
+    if not steps:
+        _refuse(f"the item transforms hold no Resize, CropPad or RandomResizedCrop: images of "
+                f"different sizes cannot be batched; {ITEM_SUPPORT}")
     if len(to_tensor) != 1:
         _refuse(f"the item transforms hold {len(to_tensor)} ToTensor (need exactly one); "
                 f"{ITEM_SUPPORT}")
-    t = rrc[0]
-    if t.mode != Image.Resampling.BILINEAR or t.resamples[0] != Image.Resampling.BILINEAR:
-        _refuse(f"item transform {_desc(t)} resamples images with "
-                f"{Image.Resampling(t.mode).name}; {ITEM_SUPPORT}")
-    vx = float(t.val_xtra)
-    if not (math.isfinite(vx) and vx >= 0):
-        _refuse(f"item transform {_desc(t)} has val_xtra {vx}; it must be a finite number >= 0")
-    # fastai stores RandomResizedCrop's size as (width, height): _process_sz swaps the
-    # (height, width) the user passes.
-    width, height = (int(s) for s in t.size)
-    return {"name": "RandomResizedCrop", "height": height, "width": width,
-            "val_xtra": vx, "resample": "bilinear"}
+    return steps
 
 
-def batch_recipe(learn, item):
-    """The validation batch pipeline as the recipe's batch_tfms and normalize."""
+def batch_recipe(dls):
+    """The validation batch pipeline as the recipe's batch_tfms list: IntToFloatTensor, then
+    an optional AffineCoordTfm (aug_transforms), then an optional Normalize."""
     from fastai.data.transforms import IntToFloatTensor, Normalize
     from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU
 
-    before = [t for t in _pipeline(learn, "before_batch").fs if _runs_on_valid(t)]
+    before = [t for t in _pipeline(dls, "before_batch").fs if _runs_on_valid(t)]
     if before:
         _refuse(f"before_batch transform {_desc(before[0])} runs on the validation set; "
                 f"fastai-infer reproduces no before_batch transforms")
     to_float, affine, norm = [], [], []
-    for t in _pipeline(learn, "after_batch").fs:
+    for t in _pipeline(dls, "after_batch").fs:
         if not _runs_on_valid(t):
             continue
         if isinstance(t, RandomResizedCropGPU):
@@ -193,45 +226,63 @@ def batch_recipe(learn, item):
     if float(to_float[0].div) != 255.0:
         _refuse(f"batch transform {_desc(to_float[0])} divides by {to_float[0].div}; "
                 f"{BATCH_SUPPORT}")
+    steps = [{"name": "IntToFloatTensor", "div": 255.0}]
 
-    if len(affine) != 1:
+    if len(affine) > 1:
         _refuse(f"the batch transforms hold {len(affine)} AffineCoordTfm "
-                f"({', '.join(type(a).__name__ for a in affine) or 'none: no aug_transforms'}; "
-                f"need exactly one, which sets the model's input size); {BATCH_SUPPORT}")
-    a = affine[0]
-    if a.mode != "bilinear":
-        _refuse(f"batch transform {_desc(a)} has mode {a.mode!r}; {BATCH_SUPPORT}")
-    if str(a.pad_mode) != "reflection":
-        _refuse(f"batch transform {_desc(a)} has pad_mode {a.pad_mode!r}; {BATCH_SUPPORT}")
-    if a.align_corners is not True:
-        _refuse(f"batch transform {_desc(a)} has align_corners={a.align_corners!r}; "
+                f"({', '.join(type(a).__name__ for a in affine)}; need at most one); "
                 f"{BATCH_SUPPORT}")
-    # AffineCoordTfm keeps size as the user gave it, (height, width); None keeps the item's.
-    if a.size is None:
-        height, width = item["height"], item["width"]
-    elif isinstance(a.size, int):
-        height = width = a.size
-    else:
-        height, width = (int(s) for s in a.size)
+    for a in affine:
+        if a.mode != "bilinear":
+            _refuse(f"batch transform {_desc(a)} has mode {a.mode!r}; {BATCH_SUPPORT}")
+        if str(a.pad_mode) not in ("reflection", "zeros", "border"):
+            _refuse(f"batch transform {_desc(a)} has pad_mode {a.pad_mode!r}; {BATCH_SUPPORT}")
+        if a.align_corners is not True:
+            _refuse(f"batch transform {_desc(a)} has align_corners={a.align_corners!r}; "
+                    f"{BATCH_SUPPORT}")
+        # AffineCoordTfm keeps size as the user gave it, (height, width); None keeps the
+        # item's size (the identity affine still resamples: fastai's grid_sample runs).
+        if a.size is None:
+            height = width = None
+        elif isinstance(a.size, int):
+            height = width = int(a.size)
+        else:
+            height, width = (int(s) for s in a.size)
+        steps.append({"name": "AffineCoordTfm", "height": height, "width": width,
+                      "mode": "bilinear", "pad_mode": str(a.pad_mode), "align_corners": True})
 
-    if len(norm) != 1:
-        _refuse(f"the batch transforms hold {len(norm)} Normalize (need exactly one); "
+    if len(norm) > 1:
+        _refuse(f"the batch transforms hold {len(norm)} Normalize (need at most one); "
                 f"{BATCH_SUPPORT}")
-    n = norm[0]
-    if n.mean is None or n.std is None:
-        _refuse(f"batch transform {_desc(n)} has no statistics; {BATCH_SUPPORT}")
-    mean = [_f32(v) for v in n.mean.detach().cpu().float().flatten().tolist()]
-    std = [_f32(v) for v in n.std.detach().cpu().float().flatten().tolist()]
-    if len(mean) != 3 or len(std) != 3 or tuple(n.mean.shape) != (1, 3, 1, 1) \
-            or tuple(n.std.shape) != (1, 3, 1, 1) or tuple(n.axes) != (0, 2, 3):
-        _refuse(f"batch transform {_desc(n)} is not a per-channel 3-channel Normalize (mean "
-                f"shape {tuple(n.mean.shape)}, std shape {tuple(n.std.shape)}, axes "
-                f"{tuple(n.axes)}); {BATCH_SUPPORT}")
-    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
-        _refuse(f"batch transform {_desc(n)} has non-finite or non-positive statistics")
-    return ({"height": height, "width": width, "mode": "bilinear", "pad_mode": "reflection",
-             "align_corners": True},
-            {"mean": mean, "std": std})
+    for n in norm:
+        if n.mean is None or n.std is None:
+            _refuse(f"batch transform {_desc(n)} has no statistics; {BATCH_SUPPORT}")
+        mean = [_f32(v) for v in n.mean.detach().cpu().float().flatten().tolist()]
+        std = [_f32(v) for v in n.std.detach().cpu().float().flatten().tolist()]
+        if len(mean) != 3 or len(std) != 3 or tuple(n.mean.shape) != (1, 3, 1, 1) \
+                or tuple(n.std.shape) != (1, 3, 1, 1) or tuple(n.axes) != (0, 2, 3):
+            _refuse(f"batch transform {_desc(n)} is not a per-channel 3-channel Normalize "
+                    f"(mean shape {tuple(n.mean.shape)}, std shape {tuple(n.std.shape)}, axes "
+                    f"{tuple(n.axes)}); {BATCH_SUPPORT}")
+        if not all(math.isfinite(v) for v in mean) \
+                or not all(math.isfinite(v) and v > 0 for v in std):
+            _refuse(f"batch transform {_desc(n)} has non-finite or non-positive statistics")
+        steps.append({"name": "Normalize", "mean": mean, "std": std})
+    return steps
+
+
+def transforms_recipe(dls):
+    """The item and batch transforms of a DataLoaders' validation pipeline (recipe format 2)."""
+    return {"item_tfms": item_recipe(dls), "batch_tfms": batch_recipe(dls)}
+
+
+def input_size(recipe):
+    """(height, width) of the model input the recipe's transforms make."""
+    for b in recipe["batch_tfms"]:
+        if b["name"] == "AffineCoordTfm" and b["height"] is not None:
+            return b["height"], b["width"]
+    last = recipe["item_tfms"][-1]
+    return last["height"], last["width"]
 
 
 # ---------------------------------------------------------------------------------------------
