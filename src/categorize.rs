@@ -1,7 +1,12 @@
-//! Stage 5, decoding: fastai's `Categorize.decodes` after the loss function's activation.
+//! Stage 5, decoding: fastai's `Categorize.decodes` / `MultiCategorize.decodes` after the loss
+//! function's activation and decodes.
 //!
-//! `learn.predict` applies `CrossEntropyLossFlat`'s activation (softmax over the classes, in
-//! `f32`), takes the argmax, and looks the index up in the vocab.
+//! - Single-label (`CategoryBlock`, [`LossFunc::CrossEntropyLossFlat`]): `learn.predict`
+//!   applies softmax over the classes (in `f32`), takes the argmax, and looks the index up in
+//!   the vocab.
+//! - Multi-label (`MultiCategoryBlock`, [`LossFunc::BCEWithLogitsLossFlat`]): a sigmoid per
+//!   class, and the labels are every class whose probability is `> thresh` (the loss
+//!   function's threshold, 0.5 by default; possibly none).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -97,6 +102,49 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// `torch.sigmoid` of one logit in `f32`: `1 / (1 + exp(-x))`.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The loss function a learner was trained with, as far as inference needs it: its activation
+/// and how it decodes (fastai's `loss_func.activation` and `loss_func.decodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LossFunc {
+    /// `CrossEntropyLossFlat`: softmax, argmax (single-label).
+    #[default]
+    CrossEntropyLossFlat,
+    /// `BCEWithLogitsLossFlat(thresh=...)`: sigmoid per class, labels where `p > thresh`
+    /// (multi-label).
+    BCEWithLogitsLossFlat {
+        /// The decoding threshold.
+        thresh: f32,
+    },
+}
+
+impl LossFunc {
+    /// fastai's class name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossFunc::CrossEntropyLossFlat => "CrossEntropyLossFlat",
+            LossFunc::BCEWithLogitsLossFlat { .. } => "BCEWithLogitsLossFlat",
+        }
+    }
+}
+
+/// Which kind of target a [`Prediction`] decodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PredictionKind {
+    /// One label per image: softmax probabilities summing to 1, the label is the argmax.
+    SingleLabel,
+    /// Any number of labels per image: independent sigmoid probabilities, the labels are
+    /// those over `thresh`.
+    MultiLabel {
+        /// The threshold the labels were decoded with.
+        thresh: f32,
+    },
+}
+
 /// One entry of a top-k list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ranked {
@@ -108,22 +156,37 @@ pub struct Ranked {
     pub probability: f32,
 }
 
-/// What `learn.predict` returns for one image: the decoded label, its index, and the
-/// probabilities of every class in vocab order.
+/// What `learn.predict` returns for one image: the decoded label(s), and the probabilities
+/// of every class in vocab order. [`Prediction::kind`] says whether it is single-label
+/// (softmax) or multi-label (sigmoid and a threshold).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// The most probable class's label.
+    /// The most probable class's label (for a multi-label prediction too, whether or not it
+    /// passes the threshold).
     pub label: String,
     /// The most probable class's index.
     pub index: usize,
-    /// Softmax probabilities in vocab order.
+    /// Probabilities in vocab order: softmax (single-label) or per-class sigmoid
+    /// (multi-label).
     pub probabilities: Vec<f32>,
+    /// The decoded labels in vocab order: `[label]` for a single-label prediction; every class
+    /// with probability `> thresh` for a multi-label one (possibly none), as fastai's
+    /// `MultiCategorize.decodes` lists them.
+    pub labels: Vec<String>,
+    /// Single- or multi-label.
+    pub kind: PredictionKind,
     vocab: Vocab,
 }
 
 impl Prediction {
-    /// Decodes one row of logits: softmax, argmax, label from `vocab`.
+    /// Decodes one row of logits as a single-label learner does: softmax, argmax, label from
+    /// `vocab`.
     pub fn from_logits(logits: &[f32], vocab: &Vocab) -> Result<Self> {
+        Self::decode(logits, vocab, &LossFunc::CrossEntropyLossFlat)
+    }
+
+    /// Decodes one row of logits with the loss function's activation and decoding.
+    pub fn decode(logits: &[f32], vocab: &Vocab, loss: &LossFunc) -> Result<Self> {
         if logits.len() != vocab.len() {
             return Err(Error::VocabMismatch {
                 origin: "the learner".into(),
@@ -131,15 +194,37 @@ impl Prediction {
                 found: vocab.len(),
             });
         }
-        let probabilities = softmax(logits);
+        let (probabilities, kind) = match *loss {
+            LossFunc::CrossEntropyLossFlat => (softmax(logits), PredictionKind::SingleLabel),
+            LossFunc::BCEWithLogitsLossFlat { thresh } => (
+                logits.iter().map(|&x| sigmoid(x)).collect(),
+                PredictionKind::MultiLabel { thresh },
+            ),
+        };
         let index = argmax(&probabilities)
             .ok_or_else(|| Error::InvalidArgument("no classes to decode".into()))?;
+        let labels = match kind {
+            PredictionKind::SingleLabel => vec![vocab.labels[index].clone()],
+            PredictionKind::MultiLabel { thresh } => probabilities
+                .iter()
+                .zip(vocab.labels.iter())
+                .filter(|(p, _)| **p > thresh)
+                .map(|(_, l)| l.clone())
+                .collect(),
+        };
         Ok(Prediction {
             label: vocab.labels[index].clone(),
             index,
             probabilities,
+            labels,
+            kind,
             vocab: vocab.clone(),
         })
+    }
+
+    /// Whether this is a multi-label prediction.
+    pub fn is_multi_label(&self) -> bool {
+        matches!(self.kind, PredictionKind::MultiLabel { .. })
     }
 
     /// The `k` most probable classes, most probable first (ties keep vocab order).
@@ -186,5 +271,21 @@ mod tests {
         assert_eq!(t[0].label, "b");
         assert_eq!(t[1].label, "c");
         assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(p.labels, ["b"]);
+        assert_eq!(p.kind, PredictionKind::SingleLabel);
+    }
+
+    #[test]
+    fn multi_label_thresholds_each_sigmoid() {
+        let v = Vocab::new(vec!["a".into(), "b".into(), "c".into()]);
+        let loss = LossFunc::BCEWithLogitsLossFlat { thresh: 0.4 };
+        // sigmoid: 0.2689, 0.5, 0.3775 (just under 0.4)
+        let p = Prediction::decode(&[-1.0, 0.0, -0.5], &v, &loss).unwrap();
+        assert!(p.is_multi_label());
+        assert_eq!(p.labels, ["b"]);
+        assert_eq!(p.label, "b");
+        assert!((p.probabilities[0] - 0.268_941_43).abs() < 1e-7);
+        let none = Prediction::decode(&[-3.0, -3.0, -3.0], &v, &loss).unwrap();
+        assert!(none.labels.is_empty());
     }
 }

@@ -8,10 +8,10 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::batch_tfms::BatchTfms;
-use crate::categorize::{Prediction, Vocab};
+use crate::categorize::{LossFunc, Prediction, Vocab};
 use crate::decode::{load_image_with, DecodeOptions};
 use crate::error::{Error, Result};
-use crate::item_tfms::RandomResizedCrop;
+use crate::item_tfms::ItemTfms;
 use crate::model::FastaiModel;
 use crate::weights::FastaiWeights;
 
@@ -22,8 +22,9 @@ use crate::weights::FastaiWeights;
 pub struct Learner {
     model: FastaiModel,
     vocab: Vocab,
-    item_tfms: RandomResizedCrop,
+    item_tfms: ItemTfms,
     batch_tfms: BatchTfms,
+    loss_func: LossFunc,
     decode: DecodeOptions,
     device: Device,
 }
@@ -68,7 +69,13 @@ impl Learner {
                 cfg.in_chans()
             )));
         }
-        let (bh, bw) = (recipe.batch_tfms.height, recipe.batch_tfms.width);
+        let (bh, bw) = recipe
+            .input_size()
+            .map_err(|reason| Error::InvalidMetadata {
+                path: weights.path().to_path_buf(),
+                key: crate::recipe::RECIPE_METADATA_KEY.to_string(),
+                reason,
+            })?;
         if let Some(side) = cfg.input_size().filter(|&s| (bh, bw) != (s, s)) {
             return Err(Error::InvalidMetadata {
                 path: weights.path().to_path_buf(),
@@ -85,15 +92,30 @@ impl Learner {
             vocab,
             item_tfms: recipe.item_tfms,
             batch_tfms: recipe.batch_tfms,
+            loss_func: recipe.loss_func,
             decode: DecodeOptions::default(),
             device,
         })
     }
 
-    /// Replaces the item transform (default `RandomResizedCrop(460)`).
-    pub fn with_item_tfms(mut self, item_tfms: RandomResizedCrop) -> Self {
-        self.item_tfms = item_tfms;
+    /// Replaces the item transforms: one step (a [`crate::item_tfms::Resize`],
+    /// [`crate::item_tfms::CropPad`] or [`crate::item_tfms::RandomResizedCrop`]) or a list
+    /// ([`ItemTfms`]).
+    pub fn with_item_tfms(mut self, item_tfms: impl Into<ItemTfms>) -> Self {
+        self.item_tfms = item_tfms.into();
         self
+    }
+
+    /// Replaces how outputs decode (single-label softmax or multi-label sigmoid and
+    /// threshold; default: the recipe's).
+    pub fn with_loss_func(mut self, loss_func: LossFunc) -> Self {
+        self.loss_func = loss_func;
+        self
+    }
+
+    /// How outputs decode (the recipe's `loss_func`).
+    pub fn loss_func(&self) -> &LossFunc {
+        &self.loss_func
     }
 
     /// Replaces the batch transforms (default size 224 with ImageNet statistics).
@@ -129,8 +151,8 @@ impl Learner {
         &self.device
     }
 
-    /// The item transform.
-    pub fn item_tfms(&self) -> &RandomResizedCrop {
+    /// The item transforms.
+    pub fn item_tfms(&self) -> &ItemTfms {
         &self.item_tfms
     }
 
@@ -139,7 +161,7 @@ impl Learner {
         &self.batch_tfms
     }
 
-    /// The normalized model input for decoded RGB images, `f32` `(N, 3, 224, 224)` on the
+    /// The normalized model input for decoded RGB images, `f32` `(N, 3, H, W)` on the
     /// learner's device: item transforms, then batch transforms.
     ///
     /// The images' item transforms run in parallel.
@@ -210,7 +232,7 @@ impl Learner {
                 .to_vec2::<f32>()?;
             logits
                 .iter()
-                .map(|row| Prediction::from_logits(row, &self.vocab))
+                .map(|row| Prediction::decode(row, &self.vocab, &self.loss_func))
                 .collect()
         })
     }

@@ -9,10 +9,10 @@
 //! | stage | fastai | here |
 //! |---|---|---|
 //! | decode | `PILImage.create` (`convert('RGB')`) | [`decode`] |
-//! | item transforms | `RandomResizedCrop(460)` (validation: squish to 532, centre crop) | [`item_tfms`] |
-//! | batch transforms | `IntToFloatTensor`, `aug_transforms(size=224)`, `Normalize` | [`batch_tfms`] |
+//! | item transforms | `Resize`, `CropPad`, `RandomResizedCrop` (validation paths) | [`item_tfms`] |
+//! | batch transforms | `IntToFloatTensor`, `aug_transforms(size=...)` or without a size, `Normalize` (or none) | [`batch_tfms`] |
 //! | model | `vision_learner(dls, 'vit_tiny_patch16_224')`, `resnet34`, `'convnext_tiny'`; `create_head` | [`model`], weights in [`weights`] |
-//! | decode labels | softmax, argmax, `dls.vocab` | [`categorize`] |
+//! | decode labels | softmax + argmax (`CrossEntropyLossFlat`) or sigmoid + threshold (`BCEWithLogitsLossFlat`), `dls.vocab` | [`categorize`] |
 //! | facade | `Learner.predict` | [`Learner`] |
 //!
 //! The learner runs on the device it is loaded on: [`DeviceSpec`] names one (`cpu`, `cuda`,
@@ -50,7 +50,7 @@ pub mod model;
 pub mod recipe;
 pub mod weights;
 
-pub use categorize::{Prediction, Ranked, Vocab};
+pub use categorize::{LossFunc, Prediction, PredictionKind, Ranked, Vocab};
 pub use decode::{
     load_image, load_image_from_memory, load_image_from_memory_with, load_image_with, DecodeOptions,
 };

@@ -250,12 +250,12 @@ impl FastaiWeights {
                     .iter()
                     .map(|(k, (_, _, s))| (k.clone(), s.clone()))
                     .collect();
-                let (bh, bw) = (recipe.batch_tfms.height, recipe.batch_tfms.width);
                 let recipe_err = |reason: String| Error::InvalidMetadata {
                     path: path.to_path_buf(),
                     key: RECIPE_METADATA_KEY.to_string(),
                     reason,
                 };
+                let (bh, bw) = recipe.input_size().map_err(recipe_err)?;
                 let config = Config::infer(&shapes, bh, recipe.arch.as_deref(), recipe.num_heads)
                     .map_err(|e| match e {
                     Error::InvalidConfig { field, reason } if field == "vit.img_size" => {

@@ -274,6 +274,29 @@ pub(crate) fn encodes(
     out
 }
 
+/// `IntToFloatTensor` then `Normalize` without resampling (no `AffineCoordTfm`): HWC `u8`
+/// images of `h` x `w` to the normalized `(images.len(), 3, h, w)` `f32` batch, each value
+/// `(v / 255 - mean) / std` in `f32` as the candle-op path computes it.
+pub(crate) fn encodes_plain(images: &[&[u8]], (h, w): (usize, usize), normalize: &Normalize) -> Vec<f32> {
+    let lut: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
+    let plane = h * w;
+    let mut out = vec![0f32; images.len() * 3 * plane];
+    out.par_chunks_mut(3 * plane)
+        .zip(images.par_iter())
+        .for_each(|(o, img)| {
+            for ch in 0..3 {
+                let (mean, std) = (normalize.mean[ch], normalize.std[ch]);
+                for (dst, px) in o[ch * plane..(ch + 1) * plane]
+                    .iter_mut()
+                    .zip(img.chunks_exact(3))
+                {
+                    *dst = (lut[usize::from(px[ch])] - mean) / std;
+                }
+            }
+        });
+    out
+}
+
 /// `(image index, row index)`.
 type ImageRow = (usize, usize);
 /// Start and end (exclusive) of a pooling window.

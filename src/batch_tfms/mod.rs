@@ -12,6 +12,19 @@
 //!
 //! The random flips, rotations, zooms, warps and lighting changes of `aug_transforms` are
 //! training-only and are not applied, exactly as on fastai's validation set.
+//!
+//! Other learners differ in two places, which [`BatchTfms::affine`] and
+//! [`BatchTfms::normalize`] express:
+//! - `aug_transforms()` without a `size` ([`Affine::ItemSize`]): at validation fastai's
+//!   `AffineCoordTfm` still resamples, with the identity affine at the item's own size
+//!   (`F.grid_sample` bilinear, `align_corners=True`; measured against fastai: this is not a
+//!   copy of the pixels, some values move by a rounding step); no `aug_transforms` at all
+//!   ([`Affine::None`]): no resampling;
+//! - no `Normalize` (a `vision_learner(..., pretrained=False)` adds none): the identity
+//!   statistics ([`Normalize::identity`]), which give the same bits as skipping the step.
+//!
+//! The identity affine samples only inside the image, so `aug_transforms`' `pad_mode` has no
+//! effect at validation (reflection, zeros and border give the same tensors; fixture-checked).
 
 mod cpu;
 pub mod grid_sample;
@@ -75,6 +88,20 @@ impl Default for Normalize {
 }
 
 impl Normalize {
+    /// No normalization: mean 0 and std 1 per channel (`(x - 0) / 1` is exactly `x` in `f32`),
+    /// what a batch pipeline without `Normalize` computes.
+    pub fn identity() -> Self {
+        Normalize {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+
+    /// Whether this is [`Normalize::identity`].
+    pub fn is_identity(&self) -> bool {
+        *self == Normalize::identity()
+    }
+
     /// Normalizes an `f32` `(N, 3, H, W)` batch.
     pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
         let device = x.device();
@@ -84,16 +111,32 @@ impl Normalize {
     }
 }
 
-/// The whole validation batch pipeline: [`IntToFloatTensor`], fastai's `_grid_sample` to
-/// `height` x `width` with the identity affine, [`Normalize`].
+/// Which `AffineCoordTfm` (the resampling step of `aug_transforms`) runs at validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Affine {
+    /// `aug_transforms(size=...)`: the identity affine resampled to
+    /// [`BatchTfms::height`] x [`BatchTfms::width`].
+    #[default]
+    ToSize,
+    /// `aug_transforms()` without a size: the identity affine at the item's own size (fastai
+    /// still runs its `grid_sample`); `height` and `width` are not used.
+    ItemSize,
+    /// No `AffineCoordTfm`: no resampling; `height` and `width` are not used.
+    None,
+}
+
+/// The whole validation batch pipeline: [`IntToFloatTensor`], fastai's `_grid_sample` with the
+/// identity affine (see [`Affine`]), [`Normalize`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchTfms {
-    /// Output height (`size` of `aug_transforms`).
+    /// Output height (`size` of `aug_transforms`) when `affine` is [`Affine::ToSize`].
     pub height: usize,
-    /// Output width.
+    /// Output width when `affine` is [`Affine::ToSize`].
     pub width: usize,
-    /// The normalization.
+    /// The normalization ([`Normalize::identity`] when the learner has none).
     pub normalize: Normalize,
+    /// Which resampling runs.
+    pub affine: Affine,
 }
 
 impl Default for BatchTfms {
@@ -103,11 +146,20 @@ impl Default for BatchTfms {
             height: 224,
             width: 224,
             normalize: Normalize::default(),
+            affine: Affine::ToSize,
         }
     }
 }
 
 impl BatchTfms {
+    /// The `(height, width)` of the model input for items of `item` `(height, width)`.
+    pub fn output_size(&self, item: (usize, usize)) -> (usize, usize) {
+        match self.affine {
+            Affine::ToSize => (self.height, self.width),
+            Affine::ItemSize | Affine::None => item,
+        }
+    }
+
     /// Runs the pipeline on a `u8` batch `(N, H, W, 3)` already on the target device and
     /// returns the model input, `f32` `(N, 3, height, width)`.
     ///
@@ -132,9 +184,15 @@ impl BatchTfms {
     pub fn encodes_ops(&self, x: &Tensor) -> Result<Tensor> {
         self.check_size()?;
         let x = IntToFloatTensor.encodes(x)?;
-        let n = x.dim(0)?;
-        let grid = identity_grid(n, self.height, self.width, x.device())?;
-        let x = fastai_grid_sample(&x, &grid)?;
+        let (n, _, h, w) = x.dims4()?;
+        let x = match self.affine {
+            Affine::None => x,
+            Affine::ToSize | Affine::ItemSize => {
+                let (oh, ow) = self.output_size((h, w));
+                let grid = identity_grid(n, oh, ow, x.device())?;
+                fastai_grid_sample(&x, &grid)?
+            }
+        };
         self.normalize.encodes(&x)
     }
 
@@ -172,16 +230,21 @@ impl BatchTfms {
         (h, w): (usize, usize),
         device: &Device,
     ) -> Result<Tensor> {
-        let out = cpu::encodes(images, (h, w), (self.height, self.width), &self.normalize);
-        Ok(Tensor::from_vec(
-            out,
-            (images.len(), 3, self.height, self.width),
-            device,
-        )?)
+        let (oh, ow) = self.output_size((h, w));
+        let out = match self.affine {
+            Affine::None => cpu::encodes_plain(images, (h, w), &self.normalize),
+            Affine::ToSize | Affine::ItemSize => {
+                cpu::encodes(images, (h, w), (oh, ow), &self.normalize)
+            }
+        };
+        Ok(Tensor::from_vec(out, (images.len(), 3, oh, ow), device)?)
     }
 
     fn check_size(&self) -> Result<()> {
         let max = crate::item_tfms::MAX_SIDE as usize;
+        if self.affine != Affine::ToSize {
+            return Ok(());
+        }
         if self.height == 0 || self.width == 0 || self.height.max(self.width) > max {
             return Err(Error::InvalidArgument(format!(
                 "batch transform size must be between 1 and {max} per side, got {}x{}",

@@ -1,95 +1,196 @@
-//! Stage 2, item transforms: what fastai's `item_tfms` do to one image on the validation set.
+//! Stage 2, item transforms: what fastai's `item_tfms` do to one image on the validation set,
+//! byte for byte.
 //!
-//! The pets recipe uses `RandomResizedCrop(460)`. On the validation set fastai does not crop
-//! randomly: it squishes the whole image to `size + xtra` pixels a side with PIL's bilinear
-//! resize, where `xtra = ceil(max(size) * val_xtra / 8) * 8` (72 for 460, so 532x532), then
-//! takes a centre crop of `size` (zero padding where the image is smaller). This module
-//! reproduces those bytes exactly; [`pil_resize`] holds the resampler.
+//! | fastai | here |
+//! |---|---|
+//! | `Resize(size, method, pad_mode, resamples)` | [`Resize`] ([`ResizeMethod`], [`PadMode`], [`Resample`]) |
+//! | `CropPad(size, pad_mode)` | [`CropPad`] |
+//! | `RandomResizedCrop(size, val_xtra=...)` (validation: squish, centre crop) | [`RandomResizedCrop`] |
+//!
+//! A recipe's item transforms are an [`ItemTfms`] list of [`ItemTfm`] steps run in order, as
+//! fastai's `after_item` pipeline does. PIL's resamplers are in [`pil_resize`], fastai's
+//! `crop_pad` with torchvision's padding in [`pad`].
 
+pub mod crop_pad;
+pub mod pad;
 pub mod pil_resize;
+pub mod random_resized_crop;
+pub mod resize;
 
 use image::RgbImage;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-pub use pil_resize::{resize_bilinear, resize_bilinear_crop};
+pub use crop_pad::CropPad;
+pub use pad::{crop_pad_window, PadMode};
+pub use pil_resize::{resize_bilinear, resize_bilinear_crop, resize_nearest};
+pub use random_resized_crop::RandomResizedCrop;
+pub use resize::{Resize, ResizeMethod};
 
 /// The largest side, in pixels, an item transform may produce (guards against sizes whose
 /// buffers cannot be allocated).
 pub const MAX_SIDE: u32 = 1 << 15;
 
-/// fastai's `RandomResizedCrop` item transform, validation behaviour only (inference never
-/// draws random crops).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RandomResizedCrop {
-    /// Final height in pixels.
-    pub height: u32,
-    /// Final width in pixels.
-    pub width: u32,
-    /// Extra fraction resized beyond `size` before the centre crop (`val_xtra`, 0.14 in fastai).
-    pub val_xtra: f64,
+/// The PIL resampling filter of an item transform (`resamples[0]` in fastai).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resample {
+    /// `Image.BILINEAR` (fastai's default).
+    #[default]
+    Bilinear,
+    /// `Image.NEAREST`.
+    Nearest,
 }
 
-impl Default for RandomResizedCrop {
+impl Resample {
+    /// The recipe's name (`"bilinear"`, `"nearest"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resample::Bilinear => "bilinear",
+            Resample::Nearest => "nearest",
+        }
+    }
+
+    /// Parses the recipe's name of a filter.
+    pub fn parse(name: &str) -> Option<Resample> {
+        match name {
+            "bilinear" => Some(Resample::Bilinear),
+            "nearest" => Some(Resample::Nearest),
+            _ => None,
+        }
+    }
+}
+
+/// PIL's `Image.resize((width, height), resample)` (a copy when the size is unchanged).
+pub fn resize(img: &RgbImage, width: u32, height: u32, resample: Resample) -> Result<RgbImage> {
+    match resample {
+        Resample::Bilinear => resize_bilinear(img, width, height),
+        Resample::Nearest => resize_nearest(img, width, height),
+    }
+}
+
+/// One item transform step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ItemTfm {
+    /// fastai's `Resize`.
+    Resize(Resize),
+    /// fastai's `CropPad`.
+    CropPad(CropPad),
+    /// fastai's `RandomResizedCrop` (validation path).
+    RandomResizedCrop(RandomResizedCrop),
+}
+
+impl ItemTfm {
+    /// Applies the step to one RGB image.
+    pub fn encodes(&self, img: &RgbImage) -> Result<RgbImage> {
+        match self {
+            ItemTfm::Resize(t) => t.encodes(img),
+            ItemTfm::CropPad(t) => t.encodes(img),
+            ItemTfm::RandomResizedCrop(t) => t.encodes(img),
+        }
+    }
+
+    /// The `(height, width)` every image comes out at.
+    pub fn output_size(&self) -> (u32, u32) {
+        match self {
+            ItemTfm::Resize(t) => (t.height, t.width),
+            ItemTfm::CropPad(t) => (t.height, t.width),
+            ItemTfm::RandomResizedCrop(t) => (t.height, t.width),
+        }
+    }
+
+    /// fastai's class name of the step.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ItemTfm::Resize(_) => "Resize",
+            ItemTfm::CropPad(_) => "CropPad",
+            ItemTfm::RandomResizedCrop(_) => "RandomResizedCrop",
+        }
+    }
+}
+
+impl From<Resize> for ItemTfm {
+    fn from(t: Resize) -> Self {
+        ItemTfm::Resize(t)
+    }
+}
+
+impl From<CropPad> for ItemTfm {
+    fn from(t: CropPad) -> Self {
+        ItemTfm::CropPad(t)
+    }
+}
+
+impl From<RandomResizedCrop> for ItemTfm {
+    fn from(t: RandomResizedCrop) -> Self {
+        ItemTfm::RandomResizedCrop(t)
+    }
+}
+
+/// The item transforms of a recipe: [`ItemTfm`] steps applied in order (fastai's
+/// `after_item` at validation, `ToTensor` aside).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemTfms(pub Vec<ItemTfm>);
+
+impl Default for ItemTfms {
     /// The pets lesson's `RandomResizedCrop(460)`.
     fn default() -> Self {
-        RandomResizedCrop::new(460)
+        ItemTfms(vec![RandomResizedCrop::default().into()])
     }
 }
 
-impl RandomResizedCrop {
-    /// `RandomResizedCrop(size)` with fastai's default `val_xtra=0.14`.
-    pub fn new(size: u32) -> Self {
-        RandomResizedCrop {
-            height: size,
-            width: size,
-            val_xtra: 0.14,
-        }
-    }
-
-    /// The extra pixels added to each side's size before the centre crop:
-    /// `ceil(max(size) * val_xtra / 8) * 8`, computed in `f64` as Python does.
-    pub fn xtra(&self) -> u32 {
-        let m = f64::from(self.height.max(self.width));
-        ((m * self.val_xtra / 8.0).ceil() * 8.0).max(0.0) as u32
-    }
-
-    /// The `(width, height)` the whole image is squished to before the centre crop.
-    pub fn resize_to(&self) -> (u32, u32) {
-        let x = self.xtra();
-        (self.width.saturating_add(x), self.height.saturating_add(x))
-    }
-
-    /// Applies the validation transform: squish-resize to [`Self::resize_to`] with PIL's
-    /// bilinear filter, then centre crop (or zero pad) to `width` x `height`.
+impl ItemTfms {
+    /// Applies every step in order (a copy of the image when there are none).
     pub fn encodes(&self, img: &RgbImage) -> Result<RgbImage> {
-        if self.width == 0 || self.height == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "RandomResizedCrop size must be positive, got {}x{}",
-                self.width, self.height
-            )));
+        let mut steps = self.0.iter();
+        let Some(first) = steps.next() else {
+            return Ok(img.clone());
+        };
+        let mut out = first.encodes(img)?;
+        for t in steps {
+            out = t.encodes(&out)?;
         }
-        if !self.val_xtra.is_finite() || self.val_xtra < 0.0 {
-            return Err(Error::InvalidArgument(format!(
-                "RandomResizedCrop val_xtra must be finite and >= 0, got {}",
-                self.val_xtra
-            )));
-        }
-        let (rw, rh) = self.resize_to();
-        if rw.max(rh) > MAX_SIDE {
-            return Err(Error::InvalidArgument(format!(
-                "RandomResizedCrop would resize to {rw}x{rh}, over the {MAX_SIDE}-pixel limit per side"
-            )));
-        }
-        if rw >= self.width && rh >= self.height {
-            // The centre crop lies inside the resized image: resize only that window (the
-            // same bytes, with a quarter less work for the pets recipe).
-            let left = (rw - self.width) / 2;
-            let top = (rh - self.height) / 2;
-            return resize_bilinear_crop(img, rw, rh, (left, top, self.width, self.height));
-        }
-        let resized = resize_bilinear(img, rw, rh)?;
-        Ok(crop_pad(&resized, self.width, self.height))
+        Ok(out)
+    }
+
+    /// The `(height, width)` every image comes out at (the last step's size), or `None`
+    /// without steps (images keep their own sizes).
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        self.0.last().map(ItemTfm::output_size)
+    }
+
+    /// The steps.
+    pub fn steps(&self) -> &[ItemTfm] {
+        &self.0
+    }
+}
+
+impl From<Vec<ItemTfm>> for ItemTfms {
+    fn from(v: Vec<ItemTfm>) -> Self {
+        ItemTfms(v)
+    }
+}
+
+impl From<ItemTfm> for ItemTfms {
+    fn from(t: ItemTfm) -> Self {
+        ItemTfms(vec![t])
+    }
+}
+
+impl From<Resize> for ItemTfms {
+    fn from(t: Resize) -> Self {
+        ItemTfms(vec![t.into()])
+    }
+}
+
+impl From<CropPad> for ItemTfms {
+    fn from(t: CropPad) -> Self {
+        ItemTfms(vec![t.into()])
+    }
+}
+
+impl From<RandomResizedCrop> for ItemTfms {
+    fn from(t: RandomResizedCrop) -> Self {
+        ItemTfms(vec![t.into()])
     }
 }
 
@@ -119,6 +220,7 @@ pub fn crop_pad(img: &RgbImage, width: u32, height: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn xtra_matches_fastai_for_460() {
@@ -132,6 +234,10 @@ mod tests {
         let img = RgbImage::new(3, 3);
         let t = RandomResizedCrop::new(u32::MAX);
         assert!(matches!(t.encodes(&img), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            CropPad::new(u32::MAX).encodes(&img),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -144,5 +250,16 @@ mod tests {
         assert_eq!(p.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(p.get_pixel(1, 1).0, [0, 0, 9]);
         assert_eq!(p.get_pixel(6, 3).0, [0, 0, 0]);
+        assert_eq!(CropPad::with_size(4, 7).encodes(&img).unwrap(), p);
+    }
+
+    #[test]
+    fn steps_run_in_order() {
+        let img = RgbImage::from_fn(9, 5, |x, y| image::Rgb([x as u8, y as u8, 1]));
+        let t = ItemTfms(vec![CropPad::new(4).into(), Resize::new(2).into()]);
+        assert_eq!(t.output_size(), Some((2, 2)));
+        let step = Resize::new(2).encodes(&CropPad::new(4).encodes(&img).unwrap());
+        assert_eq!(t.encodes(&img).unwrap(), step.unwrap());
+        assert_eq!(ItemTfms(vec![]).encodes(&img).unwrap(), img);
     }
 }

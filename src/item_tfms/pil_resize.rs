@@ -682,3 +682,69 @@ mod tests {
         ));
     }
 }
+
+/// The source index PIL's nearest-neighbour resize reads for each of `out` output positions
+/// over `inp` input positions (`None` past the edge: left black). Pillow scales with an affine
+/// transform: the position starts at half a step and accumulates the step `inp / out` in
+/// `f64` once per output pixel, truncating each to an index.
+fn nearest_indices(inp: usize, out: usize) -> Vec<Option<usize>> {
+    let step = inp as f64 / out as f64;
+    let mut pos = step * 0.5;
+    (0..out)
+        .map(|_| {
+            let i = if pos < 0.0 { None } else { Some(pos as usize) };
+            pos += step;
+            i.filter(|&i| i < inp)
+        })
+        .collect()
+}
+
+/// Resizes an RGB image to `width` x `height` exactly as PIL's
+/// `Image.resize((width, height), Image.NEAREST)` does (a copy when the size is unchanged).
+pub fn resize_nearest(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    if width == 0 || height == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "resize target must be at least 1x1, got {width}x{height}"
+        )));
+    }
+    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
+    if in_w == 0 || in_h == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "cannot resize an empty {in_w}x{in_h} image"
+        )));
+    }
+    if (in_w, in_h) == (width as usize, height as usize) {
+        return Ok(src.clone());
+    }
+    let xs = nearest_indices(in_w, width as usize);
+    let ys = nearest_indices(in_h, height as usize);
+    let data = src.as_raw();
+    let mut out = vec![0u8; width as usize * height as usize * 3];
+    out.par_chunks_mut(width as usize * 3)
+        .zip(ys.par_iter())
+        .for_each(|(row, sy)| {
+            let Some(sy) = sy else { return };
+            let line = &data[sy * in_w * 3..(sy + 1) * in_w * 3];
+            for (px, sx) in row.chunks_exact_mut(3).zip(&xs) {
+                if let Some(sx) = sx {
+                    px.copy_from_slice(&line[sx * 3..sx * 3 + 3]);
+                }
+            }
+        });
+    RgbImage::from_raw(width, height, out)
+        .ok_or_else(|| Error::InvalidArgument("resize: internal buffer size".into()))
+}
+
+#[cfg(test)]
+mod nearest_tests {
+    use super::*;
+
+    #[test]
+    fn nearest_indices_accumulate_like_pillow() {
+        // PIL: Image.new('L', (5, 1)) resized to 3 reads columns 0, 2, 4.
+        let got: Vec<usize> = nearest_indices(5, 3).into_iter().flatten().collect();
+        assert_eq!(got, [0, 2, 4]);
+        let up: Vec<usize> = nearest_indices(2, 5).into_iter().flatten().collect();
+        assert_eq!(up, [0, 0, 1, 1, 1]);
+    }
+}
