@@ -232,3 +232,40 @@ fn encodes_images_equals_stack_then_ops() {
     assert!(err.to_string().contains("differ in size"), "{err}");
     assert!(t.encodes_images(&[], &device).is_err());
 }
+
+mod tfms_fixtures;
+
+/// The batch transform cases of scripts/make_fixtures_tfms.py (aug_transforms with and
+/// without a size, down- and upsizing, pad modes, Normalize present or absent,
+/// IntToFloatTensor alone) from fastai's own item bytes: the CPU path and the candle-op path
+/// give exactly fastai's model input (max abs difference 0.0).
+#[test]
+fn batch_tfms_match_fastai_exactly() {
+    let device = candle_core::Device::Cpu;
+    let mut report = Vec::new();
+    let mut worst = 0f32;
+    let mut cases = 0;
+    for case in tfms_fixtures::cases() {
+        let n = case.images.len();
+        let items: Vec<image::RgbImage> =
+            (0..n).map(|i| tfms_fixtures::item(&case.items, i)).collect();
+        let want = match &case.input {
+            Some(t) => t.clone(),
+            // IntToFloatTensor alone: fastai's input is the items / 255.
+            None => to_unit(&case.items),
+        };
+        let t = &case.recipe.batch_tfms;
+        let fast = t.encodes_images(&items, &device).unwrap();
+        let ops = t
+            .encodes_ops(&BatchTfms::stack(&items, &device).unwrap())
+            .unwrap();
+        assert_eq!(fast.dims(), want.dims(), "{}", case.name);
+        let d_fast = common::max_abs_diff(&fast, &want);
+        let d_ops = common::max_abs_diff(&ops, &want);
+        worst = worst.max(d_fast).max(d_ops);
+        report.push(format!("{}: cpu {d_fast:e}, ops {d_ops:e}", case.name));
+        cases += 1;
+    }
+    assert_eq!(worst, 0.0, "{}", report.join("\n"));
+    assert!(cases >= 30);
+}

@@ -126,3 +126,42 @@ fn jpeg_item_bytes_stay_close_to_pil() {
     }
     assert_eq!(n, 4, "the JPEG fixtures");
 }
+
+mod tfms_fixtures;
+
+/// Every item transform case of scripts/make_fixtures_tfms.py (Resize crop/squish/pad x
+/// reflection/zeros/border, square, (h, w) and (w > h) sizes, nearest, CropPad, CropPad then
+/// Resize, RandomResizedCrop) on the lossless fixture PNGs: the same bytes as fastai's
+/// `test_dl` items.
+#[test]
+fn item_tfms_match_fastai_byte_for_byte() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for case in tfms_fixtures::cases() {
+        for (i, img) in case.images.iter().enumerate() {
+            let want = tfms_fixtures::item(&case.items, i);
+            let got = case.recipe.item_tfms.encodes(img).unwrap();
+            checked += 1;
+            if got.dimensions() != want.dimensions() {
+                failures.push(format!(
+                    "{} image {i}: {:?} vs fastai {:?}",
+                    case.name,
+                    got.dimensions(),
+                    want.dimensions()
+                ));
+                continue;
+            }
+            let differ = got
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            if differ > 0 {
+                failures.push(format!("{} image {i}: {differ} bytes differ", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 200, "only {checked} images checked");
+}
