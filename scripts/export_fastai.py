@@ -63,17 +63,21 @@ import tempfile
 from pathlib import Path
 
 RECIPE_KEY = "fastai_infer.recipe"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 EXIT_REFUSED = 2
 
-ITEM_SUPPORT = "fastai-infer reproduces only RandomResizedCrop (PIL bilinear) + ToTensor as item transforms"
-BATCH_SUPPORT = ("fastai-infer reproduces only IntToFloatTensor(div=255), one AffineCoordTfm "
-                 "(aug_transforms: mode 'bilinear', pad_mode 'reflection', align_corners=True) "
-                 "and a 3-channel Normalize as batch transforms")
-MODEL_SUPPORT = ("fastai-infer runs only vision_learner(dls, '<timm ViT>') models: "
-                 "nn.Sequential(TimmBody(timm VisionTransformer with a class token, "
-                 "global_pool='token', no register tokens), fastai's default head "
-                 "BatchNorm1d-Dropout-Linear-ReLU-BatchNorm1d-Dropout-Linear)")
+ITEM_SUPPORT = ("fastai-infer reproduces Resize (method crop/squish/pad, pad_mode "
+                "reflection/zeros/border, PIL bilinear or nearest), CropPad and "
+                "RandomResizedCrop (PIL bilinear or nearest), then ToTensor, as item transforms")
+BATCH_SUPPORT = ("fastai-infer reproduces only IntToFloatTensor(div=255), at most one "
+                 "AffineCoordTfm (aug_transforms with or without a size: mode 'bilinear', "
+                 "align_corners=True) and at most one 3-channel Normalize as batch transforms")
+MODEL_SUPPORT = ("fastai-infer runs vision_learner models: nn.Sequential(body, head) with a "
+                 "TimmBody(timm VisionTransformer with a class token, global_pool='token', no "
+                 "register tokens) and fastai's default head, or a torchvision ResNet cut by "
+                 "create_body / a TimmBody(timm ResNet or ConvNeXt) with fastai's create_head")
+LOSS_SUPPORT = ("fastai-infer decodes CrossEntropyLossFlat (softmax, argmax) and "
+                "BCEWithLogitsLossFlat (sigmoid, labels over thresh)")
 
 
 class ExportRefused(Exception):
@@ -419,91 +423,200 @@ def model_info(learn, n_classes):
             "num_heads_needed": heads != _heads_from_name(arch, embed)}
 
 
-def check_loss(learn):
-    """learn.predict's probabilities must be a softmax over the logits."""
+CNN_HEAD_MODULES = ("AdaptiveConcatPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm1d",
+                    "Dropout", "Linear", "ReLU")
+
+
+def cnn_info(learn, n_classes):
+    """Checks the model is a fastai CNN learner fastai-infer runs (a torchvision ResNet cut by
+    create_body, or timm's ResNet/ConvNeXt in a TimmBody, with fastai's create_head); returns
+    the arch name (None when fastai recorded none). fastai-infer's loader reads the exact
+    layout off the state_dict's keys and shapes and refuses anything else, naming it."""
+    import torch.nn as nn
+    from fastai.vision.learner import TimmBody
+
+    m = learn.model
+    if not isinstance(m, nn.Sequential) or len(m) != 2:
+        _refuse(f"the model is a {type(m).__name__}, not nn.Sequential(body, head); {MODEL_SUPPORT}")
+    body, head = m[0], m[1]
+    arch = None
+    if isinstance(body, TimmBody):
+        inner = body.model
+        kind = f"{type(inner).__module__}.{type(inner).__name__}"
+        if kind not in ("timm.models.resnet.ResNet", "timm.models.convnext.ConvNeXt"):
+            _refuse(f"the TimmBody wraps a {kind}; {MODEL_SUPPORT}")
+        cfg = getattr(inner, "pretrained_cfg", None) or getattr(inner, "default_cfg", None) or {}
+        arch = cfg.get("architecture")
+    elif isinstance(body, nn.Sequential):
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+        kinds = [type(c).__name__ for c in body]
+        if kinds[:4] != ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] or len(kinds) != 8 \
+                or not all(isinstance(s, nn.Sequential) and all(
+                    isinstance(b, (BasicBlock, Bottleneck)) for b in s) for s in body[4:]):
+            _refuse(f"the model's body is nn.Sequential({', '.join(kinds)}), not a torchvision "
+                    f"ResNet cut by create_body; {MODEL_SUPPORT}")
+        a = getattr(learn, "arch", None)
+        arch = a if isinstance(a, str) else getattr(a, "__name__", None)
+    else:
+        _refuse(f"the model's body is a {type(body).__name__}, not fastai's TimmBody or a "
+                f"create_body ResNet; {MODEL_SUPPORT}")
+    mods = list(head) if isinstance(head, nn.Sequential) else [head]
+    bad = [type(x).__name__ for x in mods if type(x).__name__ not in CNN_HEAD_MODULES]
+    if bad:
+        _refuse(f"the head holds {', '.join(bad)}, not only fastai's create_head modules "
+                f"({', '.join(CNN_HEAD_MODULES)}); {MODEL_SUPPORT}")
+    lins = [x for x in mods if isinstance(x, nn.Linear)]
+    if not lins or lins[-1].out_features != n_classes:
+        _refuse(f"the head's last Linear has {lins[-1].out_features if lins else 'no'} outputs "
+                f"but the vocab {n_classes} labels")
+    return {"arch": arch}
+
+
+def is_vit_learner(learn):
+    import torch.nn as nn
+    from fastai.vision.learner import TimmBody
+    m = learn.model
+    return isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], TimmBody) \
+        and "VisionTransformer" in type(m[0].model).__name__
+
+
+def loss_recipe(learn):
+    """The loss function's activation and decoding as the recipe's loss_func: softmax + argmax
+    (CrossEntropyLossFlat) or sigmoid + threshold (BCEWithLogitsLossFlat)."""
     import torch
     lf = learn.loss_func
     act = getattr(lf, "activation", None)
     dec = getattr(lf, "decodes", None)
     name = type(lf).__name__
     if act is None or dec is None:
-        _refuse(f"the loss function {name} has no activation/decodes: learn.predict would "
-                f"not give softmax probabilities, which fastai-infer computes")
+        _refuse(f"the loss function {name} has no activation/decodes: fastai-infer cannot tell "
+                f"how learn.predict decodes its outputs ({LOSS_SUPPORT})")
     x = torch.tensor([[0.3, -1.2, 2.0, 0.7]])
     try:
-        ok = torch.allclose(act(x).float(), torch.softmax(x, dim=-1), atol=1e-6) \
-            and int(torch.as_tensor(dec(x)).flatten()[0]) == 2
-    except Exception:
-        ok = False
-    if not ok:
-        _refuse(f"the loss function {name}'s activation is not a softmax with an argmax "
-                f"decode; fastai-infer computes softmax probabilities (single-label "
-                f"classification, CategoryBlock)")
+        a = act(x).float()
+        d = torch.as_tensor(dec(x))
+    except Exception as e:
+        _refuse(f"the loss function {name}'s activation/decodes fail on a test row ({e}); "
+                f"{LOSS_SUPPORT}")
+    if torch.allclose(a, torch.softmax(x, dim=-1), atol=1e-6) and d.numel() == 1 \
+            and int(d.flatten()[0]) == 2:
+        return {"name": "CrossEntropyLossFlat"}
+    thresh = getattr(lf, "thresh", None)
+    if thresh is not None and torch.allclose(a, torch.sigmoid(x), atol=1e-6):
+        t = float(thresh)
+        probe = torch.tensor([[t - 1e-3, t + 1e-3, t, 5.0]])
+        # fastai's BCEWithLogitsLossFlat.decodes is `x > thresh` on the activations.
+        if math.isfinite(t) and torch.equal(torch.as_tensor(dec(probe)).bool().flatten(),
+                                            torch.tensor([False, True, False, True])):
+            return {"name": "BCEWithLogitsLossFlat", "thresh": _f32(t)}
+    _refuse(f"the loss function {name}'s activation/decodes are neither softmax + argmax nor "
+            f"sigmoid + `> thresh`; {LOSS_SUPPORT}")
+
+
+def _fastai_steps(recipe):
+    """fastai's own transform objects rebuilt from the recipe alone (validation split)."""
+    import torch
+    from PIL import Image
+    from fastai.vision.augment import CropPad, RandomResizedCrop, Resize
+
+    rs = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+    items = []
+    for s in recipe["item_tfms"]:
+        size = (s["height"], s["width"])
+        if s["name"] == "Resize":
+            items.append(Resize(size, method=s["method"], pad_mode=s["pad_mode"],
+                                resamples=(rs[s["resample"]], Image.Resampling.NEAREST)))
+        elif s["name"] == "CropPad":
+            items.append(CropPad(size, pad_mode=s["pad_mode"]))
+        else:
+            items.append(RandomResizedCrop(size, val_xtra=s["val_xtra"], resamples=(
+                rs[s["resample"]], Image.Resampling.NEAREST)))
+    return items
 
 
 def check_reproduces(learn, recipe):
-    """fastai's test_dl batch of a synthetic image must equal the recipe's computation."""
+    """fastai's test_dl batch of two synthetic images (portrait and landscape) must equal what
+    the recipe alone describes: fastai's own item transforms rebuilt from it, then
+    IntToFloatTensor, the identity-affine grid sample and Normalize as the recipe says."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     from PIL import Image
     from fastai.vision.augment import _grid_sample
 
-    it, bt, nm = recipe["item_tfms"], recipe["batch_tfms"], recipe["normalize"]
+    first = recipe["item_tfms"][0]
     rng = np.random.default_rng(0)
-    h0, w0 = max(9, it["height"] // 2 + 7), max(9, it["width"] // 3 + 5)
-    yy, xx = np.mgrid[0:h0, 0:w0]
-    base = np.stack([xx * 255 // w0, yy * 255 // h0, (xx + yy) % 256], -1)
-    arr = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
-    src = Image.fromarray(arr, "RGB")
+    srcs = []
+    for h0, w0 in ((max(9, first["height"] // 2 + 7), max(9, first["width"] // 3 + 5)),
+                   (max(9, first["height"] // 3 + 4), max(9, first["width"] + 11))):
+        yy, xx = np.mgrid[0:h0, 0:w0]
+        base = np.stack([xx * 255 // w0, yy * 255 // h0, (xx + yy) % 256], -1)
+        arr = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+        srcs.append(Image.fromarray(arr, "RGB"))
 
-    xtra = math.ceil(max(it["height"], it["width"]) * it["val_xtra"] / 8) * 8
-    big = src.resize((it["width"] + xtra, it["height"] + xtra), Image.Resampling.BILINEAR)
-    item = big.crop((xtra // 2, xtra // 2, xtra // 2 + it["width"], xtra // 2 + it["height"]))
-    x = torch.from_numpy(np.asarray(item).copy()).permute(2, 0, 1)[None].float() / 255.0
-    grid = F.affine_grid(torch.eye(3)[:2][None], (1, 3, bt["height"], bt["width"]),
-                         align_corners=True)
-    y = _grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-    mean = torch.tensor(nm["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(nm["std"]).view(1, 3, 1, 1)
-    want = (y - mean) / std
+    steps = _fastai_steps(recipe)
+    wants = []
+    for src in srcs:
+        item = src
+        for t in steps:
+            item = t(item, split_idx=1)
+        x = torch.from_numpy(np.asarray(item).copy()).permute(2, 0, 1)[None].float() / 255.0
+        for b in recipe["batch_tfms"][1:]:
+            if b["name"] == "AffineCoordTfm":
+                h = x.shape[-2] if b["height"] is None else b["height"]
+                w = x.shape[-1] if b["width"] is None else b["width"]
+                grid = F.affine_grid(torch.eye(3)[:2][None], (1, 3, h, w), align_corners=True)
+                x = _grid_sample(x, grid, mode="bilinear", padding_mode=b["pad_mode"],
+                                 align_corners=True)
+            else:
+                x = (x - torch.tensor(b["mean"]).view(1, 3, 1, 1)) \
+                    / torch.tensor(b["std"]).view(1, 3, 1, 1)
+        wants.append(x)
+    want = torch.cat(wants)
 
-    # A file, as learn.predict gets: fastai's type transform opens it (PILImage.create
+    # Files, as learn.predict gets: fastai's type transform opens them (PILImage.create
     # converts to RGB, PILImageBW to L); a PIL image in memory would skip that conversion.
     with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / "check.png"
-        src.save(f)
-        dl = learn.dls.test_dl([f], num_workers=0)
+        files = []
+        for i, src in enumerate(srcs):
+            files.append(Path(d) / f"check{i}.png")
+            src.save(files[-1])
+        dl = learn.dls.test_dl(files, num_workers=0, bs=len(files))
         got = dl.one_batch()[0]
     got = torch.Tensor(got.detach().cpu().float()).as_subclass(torch.Tensor)
+    sizes = ", ".join(f"{s.width}x{s.height}" for s in srcs)
     if tuple(got.shape) != tuple(want.shape):
-        _refuse(f"fastai's validation pipeline gives a batch of shape {tuple(got.shape)} for a "
-                f"{w0}x{h0} RGB image, the recipe {tuple(want.shape)}: the learner does "
+        _refuse(f"fastai's validation pipeline gives a batch of shape {tuple(got.shape)} for "
+                f"{sizes} RGB images, the recipe {tuple(want.shape)}: the learner does "
                 f"something the recipe does not describe (e.g. a grayscale ImageBlock)")
     d = (got - want).abs().max().item()
     if not d <= 1e-5:
-        _refuse(f"fastai's validation pipeline differs from the recipe on a {w0}x{h0} RGB image "
+        _refuse(f"fastai's validation pipeline differs from the recipe on {sizes} RGB images "
                 f"(max |difference| {d:.3g}): the learner does something the recipe does not "
                 f"describe (e.g. a grayscale ImageBlock or a custom type transform)")
     return d
 
 
 def recipe_from_learner(learn, check=True):
-    """The recipe dict (format 1) read from a Learner; raises ExportRefused when unsupported."""
+    """The recipe dict (format 2) read from a Learner; raises ExportRefused when unsupported."""
     vocab = [v if isinstance(v, str) else str(v) for v in learn.dls.vocab]
-    item = item_recipe(learn)
-    batch, norm = batch_recipe(learn, item)
-    info = model_info(learn, len(vocab)) if check else None
     recipe = {"format_version": FORMAT_VERSION}
-    if info is not None:
-        recipe["arch"] = info["arch"]
-        if info["num_heads_needed"]:
-            recipe["num_heads"] = info["num_heads"]
-        if (batch["height"], batch["width"]) != tuple(info["img_size"]):
-            _refuse(f"the batch transforms give {batch['height']}x{batch['width']} (HxW) "
-                    f"inputs but the model takes {info['img_size'][0]}x{info['img_size'][1]}")
-        check_loss(learn)
-    recipe.update({"item_tfms": item, "batch_tfms": batch, "normalize": norm})
+    recipe.update(transforms_recipe(learn.dls))
+    if check:
+        if is_vit_learner(learn):
+            info = model_info(learn, len(vocab))
+            recipe["arch"] = info["arch"]
+            if info["num_heads_needed"]:
+                recipe["num_heads"] = info["num_heads"]
+            h, w = input_size(recipe)
+            if (h, w) != tuple(info["img_size"]):
+                _refuse(f"the batch transforms give {h}x{w} (HxW) inputs but the model takes "
+                        f"{info['img_size'][0]}x{info['img_size'][1]}")
+        else:
+            info = cnn_info(learn, len(vocab))
+            if info["arch"]:
+                recipe["arch"] = info["arch"]
+        recipe["loss_func"] = loss_recipe(learn)
     check_reproduces(learn, recipe)
     return recipe, vocab
 

@@ -145,10 +145,10 @@ PHOTOS = {
     "coffee": ("skimage", ["cup", "indoor"]),
     "astronaut": ("skimage", ["person", "space"]),
     "rocket": ("skimage", ["space", "outdoor"]),
-    "horse": ("skimage", ["animal"]),
+    "hubble": ("skimage", ["space"]),
     "grace_hopper": ("mpl", ["person", "indoor"]),
     "china": ("sklearn", ["outdoor"]),
-    "flower": ("sklearn", ["outdoor", "plant"]),
+    "motorcycle": ("skimage", ["vehicle", "outdoor"]),
 }
 ML_SIZE = (48, 64)  # (height, width)
 ML_THRESH = 0.35
@@ -163,8 +163,7 @@ def ml_dataset(root):
     rng = random.Random(SEED)
     labels = {}
     for name, (_, tags) in PHOTOS.items():
-        src = mf.photo(name) if name != "horse" else Image.open(mf.IMAGES / "horse_RGBA.png")
-        src = src.convert("RGB")
+        src = Image.open(mf.photo(name)).convert("RGB")
         w, h = src.size
         for k in range(12):
             cw, ch = int(w * rng.uniform(0.5, 0.9)), int(h * rng.uniform(0.5, 0.9))
@@ -201,7 +200,8 @@ def multilabel():
         dls = dblock.dataloaders(root, bs=16, num_workers=0)
         learn = vision_learner(dls, mfm.resnet_basic_1111, pretrained=False,
                                loss_func=BCEWithLogitsLossFlat(thresh=ML_THRESH))
-        learn.fit_one_cycle(8, 1e-2)
+        with learn.no_bar():
+            learn.fit_one_cycle(8, 1e-2)
         learn.model.eval()
         summary = ef.export_learner(learn, OUT / "multilabel.safetensors")
         files = [mf.IMAGES / n for n in ML_IMAGES]
