@@ -1,0 +1,96 @@
+//! A real multi-label learner (`MultiCategoryBlock`, `BCEWithLogitsLossFlat(thresh=0.35)`, a
+//! small torchvision ResNet trained with `fit_one_cycle` on crops of real photos, `Resize(pad,
+//! zeros)`, `aug_transforms()` without a size, `Normalize`), exported by
+//! scripts/export_fastai.py: the model input, the sigmoid probabilities and the label sets
+//! against fastai's (scripts/make_fixtures_tfms.py multilabel).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use fastai_infer::{Learner, LossFunc, PredictionKind};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn golden() -> (HashMap<String, Tensor>, serde_json::Value) {
+    let t =
+        candle_core::safetensors::load(dir().join("tfms/multilabel_golden.safetensors"), &Device::Cpu)
+            .unwrap();
+    let m = std::fs::read_to_string(dir().join("tfms/multilabel.json")).unwrap();
+    (t, serde_json::from_str(&m).unwrap())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn multi_label_learner_matches_fastai() {
+    let (g, meta) = golden();
+    let learn = Learner::load(dir().join("tfms/multilabel.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(
+        *learn.loss_func(),
+        LossFunc::BCEWithLogitsLossFlat { thresh: 0.35 },
+        "the threshold comes from the loss function, through the recipe"
+    );
+    let files: Vec<PathBuf> = meta["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| dir().join("images").join(f.as_str().unwrap()))
+        .collect();
+    let images: Vec<_> = files
+        .iter()
+        .map(|f| fastai_infer::load_image(f).unwrap())
+        .collect();
+
+    let input = learn.model_input(&images).unwrap();
+    let d_input = max_abs_diff(&input, &g["input"]);
+    assert_eq!(d_input, 0.0, "model input differs from fastai's by {d_input}");
+
+    let preds = learn.predict_paths(&files, 4).unwrap();
+    let probs = g["probs"].to_vec2::<f32>().unwrap();
+    let want_labels = meta["labels"].as_array().unwrap();
+    let mut worst = 0f32;
+    for ((p, want_p), want_l) in preds.iter().zip(&probs).zip(want_labels) {
+        assert_eq!(p.kind, PredictionKind::MultiLabel { thresh: 0.35 });
+        assert!(p.is_multi_label());
+        for (a, b) in p.probabilities.iter().zip(want_p) {
+            worst = worst.max((a - b).abs());
+        }
+        let want_l: Vec<&str> = want_l
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(p.labels, want_l, "labels differ from learn.predict's");
+    }
+    assert!(worst <= 1e-4, "probabilities differ by {worst}");
+    eprintln!("multi-label: input max |diff| {d_input}, probabilities max |diff| {worst:e}");
+}
+
+#[test]
+fn a_single_label_decode_of_the_same_learner_is_a_softmax() {
+    // with_loss_func overrides the recipe's decoding (the user's choice, not fastai's).
+    let learn = Learner::load(dir().join("tfms/multilabel.safetensors"), &Device::Cpu)
+        .unwrap()
+        .with_loss_func(LossFunc::CrossEntropyLossFlat);
+    let p = learn
+        .predict_path(dir().join("images/chelsea.png"))
+        .unwrap();
+    assert_eq!(p.kind, PredictionKind::SingleLabel);
+    assert_eq!(p.labels, [p.label.clone()]);
+    assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
