@@ -91,6 +91,6 @@ fn a_single_label_decode_of_the_same_learner_is_a_softmax() {
         .predict_path(dir().join("images/chelsea.png"))
         .unwrap();
     assert_eq!(p.kind, PredictionKind::SingleLabel);
-    assert_eq!(p.labels, [p.label.clone()]);
+    assert_eq!(p.labels, std::slice::from_ref(&p.label));
     assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 }

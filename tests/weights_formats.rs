@@ -35,10 +35,15 @@ fn with_metadata(
 #[test]
 fn the_recipe_in_the_metadata_drives_the_transforms() {
     let dir = tempfile::tempdir().unwrap();
-    let mut recipe = Recipe::default();
-    recipe.item_tfms.height = 300;
-    recipe.item_tfms.width = 380;
-    recipe.item_tfms.val_xtra = 0.25;
+    let mut recipe = Recipe {
+        item_tfms: fastai_infer::item_tfms::RandomResizedCrop {
+            width: 380,
+            val_xtra: 0.25,
+            ..fastai_infer::item_tfms::RandomResizedCrop::new(300)
+        }
+        .into(),
+        ..Recipe::default()
+    };
     recipe.batch_tfms.normalize.mean = [0.5, 0.5, 0.5];
     recipe.batch_tfms.normalize.std = [0.25, 0.25, 0.25];
     let p = with_metadata(
@@ -186,7 +191,11 @@ fn save_safetensors_round_trips_with_vocab_and_recipe() {
         arch: Some("vit_tiny_patch16_224".into()),
         ..Default::default()
     };
-    recipe.item_tfms.val_xtra = 0.2;
+    recipe.item_tfms = fastai_infer::item_tfms::RandomResizedCrop {
+        val_xtra: 0.2,
+        ..Default::default()
+    }
+    .into();
     let out = dir.path().join("out.safetensors");
     w.save_safetensors(&out, Some(&vocab), &recipe).unwrap();
     let back = FastaiWeights::load(&out, &Device::Cpu).unwrap();
