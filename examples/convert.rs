@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use fastai_infer::candle_core::Device;
 use fastai_infer::batch_tfms::{Affine, Normalize};
+use fastai_infer::candle_core::Device;
 use fastai_infer::item_tfms::{
     CropPad, ItemTfm, ItemTfms, PadMode, RandomResizedCrop, Resample, Resize, ResizeMethod,
 };
@@ -193,7 +193,9 @@ fn apply(recipe: &mut Recipe, flags: RecipeArgs) -> Result<(), String> {
                 r.resample = s;
             }
             if flags.val_xtra.is_some() {
-                return Err("--val-xtra is RandomResizedCrop's; the item transform is a Resize".into());
+                return Err(
+                    "--val-xtra is RandomResizedCrop's; the item transform is a Resize".into(),
+                );
             }
         }
         Some(ItemTfm::RandomResizedCrop(t)) => {

@@ -598,11 +598,7 @@ mod tests {
                 "item_tfms[0].resample",
             ),
             ("/item_tfms", json!([]), "item_tfms is empty"),
-            (
-                "/batch_tfms/1/mode",
-                json!("nearest"),
-                "batch_tfms[1].mode",
-            ),
+            ("/batch_tfms/1/mode", json!("nearest"), "batch_tfms[1].mode"),
             (
                 "/batch_tfms/1/pad_mode",
                 json!("wrap"),

@@ -247,8 +247,9 @@ fn batch_tfms_match_fastai_exactly() {
     let mut cases = 0;
     for case in tfms_fixtures::cases() {
         let n = case.images.len();
-        let items: Vec<image::RgbImage> =
-            (0..n).map(|i| tfms_fixtures::item(&case.items, i)).collect();
+        let items: Vec<image::RgbImage> = (0..n)
+            .map(|i| tfms_fixtures::item(&case.items, i))
+            .collect();
         let want = match &case.input {
             Some(t) => t.clone(),
             // IntToFloatTensor alone: fastai's input is the items / 255.

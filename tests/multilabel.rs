@@ -4,7 +4,12 @@
 //! scripts/export_fastai.py: the model input, the sigmoid probabilities and the label sets
 //! against fastai's (scripts/make_fixtures_tfms.py multilabel).
 
+#[path = "../examples/predict/cli.rs"]
+#[allow(dead_code)]
+mod cli;
+
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
@@ -15,9 +20,11 @@ fn dir() -> PathBuf {
 }
 
 fn golden() -> (HashMap<String, Tensor>, serde_json::Value) {
-    let t =
-        candle_core::safetensors::load(dir().join("tfms/multilabel_golden.safetensors"), &Device::Cpu)
-            .unwrap();
+    let t = candle_core::safetensors::load(
+        dir().join("tfms/multilabel_golden.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let m = std::fs::read_to_string(dir().join("tfms/multilabel.json")).unwrap();
     (t, serde_json::from_str(&m).unwrap())
 }
@@ -57,7 +64,10 @@ fn multi_label_learner_matches_fastai() {
 
     let input = learn.model_input(&images).unwrap();
     let d_input = max_abs_diff(&input, &g["input"]);
-    assert_eq!(d_input, 0.0, "model input differs from fastai's by {d_input}");
+    assert_eq!(
+        d_input, 0.0,
+        "model input differs from fastai's by {d_input}"
+    );
 
     let preds = learn.predict_paths(&files, 4).unwrap();
     let probs = g["probs"].to_vec2::<f32>().unwrap();
@@ -93,4 +103,49 @@ fn a_single_label_decode_of_the_same_learner_is_a_softmax() {
     assert_eq!(p.kind, PredictionKind::SingleLabel);
     assert_eq!(p.labels, std::slice::from_ref(&p.label));
     assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn predict_json_prints_one_multi_label_line_per_image() {
+    let (_, meta) = golden();
+    let files: Vec<PathBuf> = meta["images"].as_array().unwrap()[..3]
+        .iter()
+        .map(|f| dir().join("images").join(f.as_str().unwrap()))
+        .collect();
+    let mut argv: Vec<OsString> = vec![
+        "--json".into(),
+        "--top-k".into(),
+        "2".into(),
+        "--weights".into(),
+        dir().join("tfms/multilabel.safetensors").into(),
+    ];
+    argv.extend(files.iter().map(|f| f.clone().into_os_string()));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli::run(argv, &mut out, &mut err, false);
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    assert_eq!(code, cli::EXIT_OK, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), files.len());
+    for ((line, file), want) in lines
+        .iter()
+        .zip(&files)
+        .zip(meta["labels"].as_array().unwrap())
+    {
+        let obj = line.as_object().unwrap();
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["labels", "path", "probabilities", "top_k"]);
+        assert_eq!(line["path"], file.display().to_string());
+        assert_eq!(&line["labels"], want);
+        assert_eq!(line["probabilities"].as_array().unwrap().len(), 8);
+        let top = line["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["probability"].as_f64() >= top[1]["probability"].as_f64());
+    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use fastai_infer::decode::DEFAULT_MAX_PIXELS;
-use fastai_infer::{DeviceSpec, Learner};
+use fastai_infer::{DeviceSpec, Learner, Prediction};
 
 /// Success: everything asked for was done.
 pub const EXIT_OK: u8 = 0;
@@ -131,5 +131,35 @@ pub fn parse_or_exit<T: Parser>() -> T {
     ) {
         Ok(args) => args,
         Err(code) => std::process::exit(i32::from(code)),
+    }
+}
+
+/// One image's prediction as the JSON object `predict --json` prints on a line (and `serve`
+/// answers with): single-label `{"path", "label", "index", "probabilities", "top_k"}`;
+/// multi-label `{"path", "labels", "probabilities", "top_k"}` (`labels`: every class over the
+/// learner's threshold, in vocab order, possibly none). `top_k` lists the `k` most probable
+/// classes as `{"label", "probability"}`, most probable first; `probabilities` has one entry
+/// per class in vocab order.
+pub fn prediction_json(p: &Prediction, path: &str, k: usize) -> serde_json::Value {
+    let top: Vec<_> = p
+        .top_k(k)
+        .into_iter()
+        .map(|r| serde_json::json!({"label": r.label, "probability": r.probability}))
+        .collect();
+    if p.is_multi_label() {
+        serde_json::json!({
+            "path": path,
+            "labels": p.labels,
+            "probabilities": p.probabilities,
+            "top_k": top,
+        })
+    } else {
+        serde_json::json!({
+            "path": path,
+            "label": p.label,
+            "index": p.index,
+            "probabilities": p.probabilities,
+            "top_k": top,
+        })
     }
 }

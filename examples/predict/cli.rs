@@ -55,7 +55,8 @@ pub struct Args {
     pub top_k: TopKArg,
 
     /// one JSON object per image per line: {"path", "label", "index", "probabilities",
-    /// "top_k": [{"label", "probability"}]}, or {"path", "error"} for a path that failed
+    /// "top_k": [{"label", "probability"}]} (a multi-label learner: {"path", "labels",
+    /// "probabilities", "top_k"}), or {"path", "error"} for a path that failed
     #[arg(long)]
     pub json: bool,
 
@@ -301,24 +302,13 @@ pub fn run(
         bar.suspend(|| {
             match (result, args.json) {
                 (Ok(p), true) => {
-                    let top: Vec<_> = p
-                        .top_k(top_k)
-                        .into_iter()
-                        .map(
-                            |r| serde_json::json!({"label": r.label, "probability": r.probability}),
-                        )
-                        .collect();
-                    let v = serde_json::json!({
-                        "path": shown,
-                        "label": p.label,
-                        "index": p.index,
-                        "probabilities": p.probabilities,
-                        "top_k": top,
-                    });
-                    let _ = writeln!(out, "{v}");
+                    let _ = writeln!(out, "{}", common::prediction_json(&p, &shown, top_k));
                 }
                 (Ok(p), false) => {
                     let _ = writeln!(out, "{shown}");
+                    if p.is_multi_label() {
+                        let _ = writeln!(out, "  labels: [{}]", p.labels.join(", "));
+                    }
                     for r in p.top_k(top_k) {
                         let _ = writeln!(out, "  {:<28} {:.4}", r.label, r.probability);
                     }

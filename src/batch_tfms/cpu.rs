@@ -277,7 +277,11 @@ pub(crate) fn encodes(
 /// `IntToFloatTensor` then `Normalize` without resampling (no `AffineCoordTfm`): HWC `u8`
 /// images of `h` x `w` to the normalized `(images.len(), 3, h, w)` `f32` batch, each value
 /// `(v / 255 - mean) / std` in `f32` as the candle-op path computes it.
-pub(crate) fn encodes_plain(images: &[&[u8]], (h, w): (usize, usize), normalize: &Normalize) -> Vec<f32> {
+pub(crate) fn encodes_plain(
+    images: &[&[u8]],
+    (h, w): (usize, usize),
+    normalize: &Normalize,
+) -> Vec<f32> {
     let lut: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     let plane = h * w;
     let mut out = vec![0f32; images.len() * 3 * plane];

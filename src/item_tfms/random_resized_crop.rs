@@ -85,4 +85,3 @@ impl RandomResizedCrop {
         Ok(super::crop_pad(&resized, self.width, self.height))
     }
 }
-

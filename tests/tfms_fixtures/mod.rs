@@ -44,8 +44,8 @@ pub fn cases() -> Vec<Case> {
             let c = &cases[name];
             let mut recipe = c["recipe"].clone();
             recipe["format_version"] = 2.into();
-            let recipe = Recipe::from_json(&recipe.to_string())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let recipe =
+                Recipe::from_json(&recipe.to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
             let images = c["images"]
                 .as_array()
                 .unwrap()
