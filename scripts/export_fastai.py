@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Exports a fastai ViT Learner to one self-describing safetensors file for fastai-infer.
+"""Exports a fastai vision Learner to one self-describing safetensors file for fastai-infer.
 
     python scripts/export_fastai.py [--dtype f32|f16|bf16] EXPORT_PKL OUTPUT.safetensors
     python scripts/export_fastai.py --self-test
@@ -7,7 +7,8 @@
 EXPORT_PKL is what `learn.export()` wrote (any file name: export.pkl, model.pth, ...), read
 with `fastai.learner.load_learner(path, cpu=True)` (which unpickles it: only pass files you
 trust). A `learn.save()` .pth holds only the weights, not the vocab nor the transforms: it is
-refused; convert it with `cargo run --example convert` and explicit recipe flags instead.
+refused; convert it with `cargo run --example convert` and explicit recipe flags (or
+`--recipe FILE`) instead.
 
 From Python, for a live Learner:
 
@@ -15,37 +16,48 @@ From Python, for a live Learner:
     from export_fastai import export_learner
     export_learner(learn, "model.safetensors", dtype="f16")
 
-The file holds `learn.model.state_dict()` with fastai's own key names (`0.model.*`: the timm
-body; `1.N.*`: fastai's head, BatchNorm running statistics and `num_batches_tracked` included),
+The file holds `learn.model.state_dict()` with fastai's own key names (`0.*`: the body;
+`1.N.*`: fastai's head, BatchNorm running statistics and `num_batches_tracked` included),
 floating-point tensors cast to --dtype (integer tensors kept as they are), and two metadata
 entries (safetensors metadata values are strings):
 
   "vocab"                JSON array: list(learn.dls.vocab)
-  "fastai_infer.recipe"  JSON object, format version 1:
-      {"format_version": 1, "arch": "vit_small_patch16_224",
-       "item_tfms": {"name": "RandomResizedCrop", "height": H, "width": W,
-                     "val_xtra": 0.14, "resample": "bilinear"},
-       "batch_tfms": {"height": h, "width": w, "mode": "bilinear",
-                      "pad_mode": "reflection", "align_corners": true},
-       "normalize": {"mean": [r, g, b], "std": [r, g, b]}}
-    ("num_heads" is added only when neither the arch name nor embed_dim/64 gives the number of
-    attention heads, which is how fastai-infer derives it otherwise.)
+  "fastai_infer.recipe"  JSON object, format version 2 (see fastai_infer::recipe):
+      {"format_version": 2, "arch": "resnet34",
+       "item_tfms": [{"name": "Resize", "height": H, "width": W, "method": "crop",
+                      "pad_mode": "reflection", "resample": "bilinear"}],
+       "batch_tfms": [{"name": "IntToFloatTensor", "div": 255.0},
+                      {"name": "AffineCoordTfm", "height": null, "width": null,
+                       "mode": "bilinear", "pad_mode": "reflection", "align_corners": true},
+                      {"name": "Normalize", "mean": [r, g, b], "std": [r, g, b]}],
+       "loss_func": {"name": "BCEWithLogitsLossFlat", "thresh": 0.5}}
+    item_tfms: Resize / CropPad / RandomResizedCrop steps in pipeline order; batch_tfms:
+    IntToFloatTensor, then the optional AffineCoordTfm (height/width null: aug_transforms()
+    without a size) and the optional Normalize; loss_func: CrossEntropyLossFlat (softmax) or
+    BCEWithLogitsLossFlat with its thresh (multi-label). "num_heads" is added for a ViT only
+    when neither the arch name nor embed_dim/64 gives the number of attention heads, which is
+    how fastai-infer derives it otherwise.
 
 Every value is read from the Learner's validation pipelines (`learn.dls.valid.after_item`,
-`.after_batch`) and its model, then checked end to end: fastai's own `test_dl` batch of a
-synthetic image must equal what the recipe computes with PIL and PyTorch.
+`.after_batch`), its model and its loss function, then checked end to end: fastai's own
+`test_dl` batch of two synthetic images must equal what the recipe alone describes (fastai's
+item transforms rebuilt from it, then IntToFloatTensor, the identity-affine grid sample and
+Normalize).
 
 Refused (exit code 2, the message names the transform or module and what is supported), for
 anything fastai-infer cannot reproduce at validation time:
-  - item transforms other than RandomResizedCrop (PIL bilinear) + ToTensor: Resize, CropPad,
-    RatioResize, RandomCrop, ... (training-only ones, split_idx 0, are ignored);
-  - batch transforms other than IntToFloatTensor(div=255), one AffineCoordTfm (aug_transforms:
-    mode bilinear, pad_mode reflection, align_corners True) and a 3-channel Normalize; e.g.
-    RandomResizedCropGPU (aug_transforms(min_scale<1)); training-only ones are ignored;
-  - a model that is not nn.Sequential(TimmBody(timm VisionTransformer with a class token,
-    global_pool 'token', no register tokens, square input), fastai's default head
-    BatchNorm1d-Dropout-Linear-ReLU-BatchNorm1d-Dropout-Linear);
-  - a loss function whose activation is not a softmax (learn.predict's probabilities).
+  - item transforms other than Resize (crop/squish/pad; reflection/zeros/border; PIL bilinear
+    or nearest), CropPad and RandomResizedCrop (bilinear or nearest) + ToTensor: RatioResize,
+    RandomCrop, other resamples, ... (training-only ones, split_idx 0, are ignored);
+  - batch transforms other than IntToFloatTensor(div=255), at most one AffineCoordTfm
+    (aug_transforms: mode bilinear, align_corners True) and at most one 3-channel Normalize;
+    e.g. RandomResizedCropGPU (aug_transforms(min_scale<1)); training-only ones are ignored;
+  - a model that is not nn.Sequential(body, head) with a TimmBody(timm VisionTransformer with a
+    class token, global_pool 'token', no register tokens, square input) and fastai's default
+    head, or a torchvision ResNet cut by create_body / TimmBody(timm ResNet or ConvNeXt) with
+    create_head's modules (fastai-infer's loader then checks the exact layout);
+  - a loss function whose activation/decodes are neither softmax + argmax nor sigmoid +
+    `> thresh`.
 
 Exit codes: 0 written; 1 usage or I/O error; 2 refused.
 `--self-test` builds small learners (pretrained=False, no training, the images in
@@ -755,7 +767,8 @@ def self_test():
     import warnings
     import torch
     from PIL import Image
-    from fastai.vision.all import (CropPad, FlipItem, ImageBlock, MultiCategoryBlock,
+    from fastai.vision.all import (BCEWithLogitsLossFlat, CropPad, FlipItem, ImageBlock,
+                                   L1LossFlat, MultiCategoryBlock,
                                    Normalize, PILImage, PILImageBW, RandomCrop,
                                    RandomResizedCrop, RatioResize, Resize, Rotate,
                                    TransformBlock, IntToFloatTensor, aug_transforms,
@@ -821,8 +834,9 @@ def self_test():
                 for k, v in ref.items():
                     w = v.to(dt) if v.is_floating_point() else v
                     assert sd[k].dtype == w.dtype and torch.equal(sd[k], w), k
-                assert sd["1.0.num_batches_tracked"].dtype == torch.int64
-                assert sd["1.0.num_batches_tracked"].dim() == 0
+                nbt = [k for k in sd if k.endswith("num_batches_tracked")]
+                assert nbt and all(sd[k].dtype == torch.int64 and sd[k].dim() == 0
+                                   for k in nbt)
             else:
                 recipe, _ = recipe_from_learner(learn, check=False)
             ok = all(recipe.get(k) == v for k, v in want.items())
@@ -833,40 +847,54 @@ def self_test():
         if not ok:
             failures.append(name)
 
-    pets_item = {"name": "RandomResizedCrop", "height": 460, "width": 460, "val_xtra": 0.14,
-                 "resample": "bilinear"}
-    pets_batch = {"height": 224, "width": 224, "mode": "bilinear", "pad_mode": "reflection",
-                  "align_corners": True}
-    pets_norm = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    pets_item = [{"name": "RandomResizedCrop", "height": 460, "width": 460, "val_xtra": 0.14,
+                  "resample": "bilinear"}]
+    to_float = {"name": "IntToFloatTensor", "div": 255.0}
+    affine = {"name": "AffineCoordTfm", "height": 224, "width": 224, "mode": "bilinear",
+              "pad_mode": "reflection", "align_corners": True}
+    pets_norm = {"name": "Normalize", "mean": [0.485, 0.456, 0.406],
+                 "std": [0.229, 0.224, 0.225]}
+    pets_batch = [to_float, affine, pets_norm]
+    single = {"name": "CrossEntropyLossFlat"}
+
+    def rrc(h, w, vx=0.14):
+        return [{**pets_item[0], "height": h, "width": w, "val_xtra": vx}]
+
+    def resize(h, w, method="crop", pad_mode="reflection", resample="bilinear"):
+        return {"name": "Resize", "height": h, "width": w, "method": method,
+                "pad_mode": pad_mode, "resample": resample}
 
     print("== accepted setups")
     expect_recipe("pets_lesson", _learner(RandomResizedCrop(460)),
-                  {"format_version": 1, "arch": "vit_tiny_patch16_224", "item_tfms": pets_item,
-                   "batch_tfms": pets_batch, "normalize": pets_norm})
+                  {"format_version": 2, "arch": "vit_tiny_patch16_224", "item_tfms": pets_item,
+                   "batch_tfms": pets_batch, "loss_func": single})
     expect_recipe("pets_lesson_f16", _learner(RandomResizedCrop(460)), {"item_tfms": pets_item},
                   dtype="f16")
     expect_recipe("pets_lesson_bf16", _learner(RandomResizedCrop(460)), {"item_tfms": pets_item},
                   dtype="bf16")
     # RandomResizedCrop((300, 460)) is (height, width); fastai stores (460, 300).
     expect_recipe("item_300x460", _learner(RandomResizedCrop((300, 460), val_xtra=0.2)),
-                  {"item_tfms": {**pets_item, "height": 300, "width": 460, "val_xtra": 0.2},
-                   "batch_tfms": pets_batch})
+                  {"item_tfms": rrc(300, 460, 0.2), "batch_tfms": pets_batch})
     # A non-square batch size: AffineCoordTfm keeps (height, width). The model would need
     # that input size, so only the transforms are checked here (check=False).
     expect_recipe("batch_192x240", _learner(
         RandomResizedCrop((300, 460)), [*aug_transforms(size=(192, 240)), norm]),
-        {"item_tfms": {**pets_item, "height": 300, "width": 460},
-         "batch_tfms": {**pets_batch, "height": 192, "width": 240}}, check_model=False)
-    # aug_transforms() without a size keeps the item size; training-only item tfms are ignored.
+        {"item_tfms": rrc(300, 460),
+         "batch_tfms": [to_float, {**affine, "height": 192, "width": 240}, pets_norm]},
+        check_model=False)
+    # aug_transforms() without a size keeps the item size (the identity affine still
+    # resamples); training-only item tfms are ignored.
     expect_recipe("no_batch_size", _learner([FlipItem(), RandomResizedCrop(224)],
                                             [*aug_transforms(), norm]),
-                  {"item_tfms": {**pets_item, "height": 224, "width": 224},
-                   "batch_tfms": pets_batch})
+                  {"item_tfms": rrc(224, 224),
+                   "batch_tfms": [to_float, {**affine, "height": None, "width": None},
+                                  pets_norm]})
     expect_recipe("other_stats", _learner(RandomResizedCrop(256, val_xtra=0.0), [
         *aug_transforms(size=224, max_rotate=30, flip_vert=True), Normalize.from_stats(
             [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])]),
-        {"item_tfms": {**pets_item, "height": 256, "width": 256, "val_xtra": 0.0},
-         "normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}})
+        {"item_tfms": rrc(256, 256, 0.0),
+         "batch_tfms": [to_float, affine, {"name": "Normalize", "mean": [0.5, 0.4, 0.3],
+                                           "std": [0.2, 0.25, 0.3]}]})
     # After a training batch, the merged AffineCoordTfm's instance split_idx is 0 (its
     # before_call stores the split it last saw); it still runs at validation.
     learn = _learner(RandomResizedCrop(460))
@@ -878,12 +906,34 @@ def self_test():
                                                   "batch_tfms": pets_batch})
     expect_recipe("vit_small", _learner(arch="vit_small_patch16_224"),
                   {"arch": "vit_small_patch16_224"})
+    # The fastai course's learners: Resize, CropPad, other pad modes, nearest, no Normalize,
+    # no aug_transforms, CNN bodies, multi-label.
+    expect_recipe("vit_Resize_squish", _learner(Resize(224, method="squish")),
+                  {"item_tfms": [resize(224, 224, "squish")], "batch_tfms": pets_batch})
+    expect_recipe("vit_Resize_pad_nearest_no_aug", _learner(
+        Resize((200, 300), method="pad", pad_mode="zeros",
+               resamples=(Image.Resampling.NEAREST, Image.Resampling.NEAREST)),
+        [*aug_transforms(size=224, pad_mode="zeros")]),
+        {"item_tfms": [resize(200, 300, "pad", "zeros", "nearest")],
+         "batch_tfms": [to_float, {**affine, "pad_mode": "zeros"}]})
+    expect_recipe("vit_CropPad_no_affine", _learner([CropPad(300, pad_mode="border"),
+                                                     Resize(224)], [norm]),
+                  {"item_tfms": [{"name": "CropPad", "height": 300, "width": 300,
+                                  "pad_mode": "border"}, resize(224, 224)],
+                   "batch_tfms": [to_float, pets_norm]})
+    expect_recipe("resnet18_course", _learner(Resize(224), [*aug_transforms(), norm],
+                                              arch=resnet18),
+                  {"arch": "resnet18", "item_tfms": [resize(224, 224)],
+                   "batch_tfms": [to_float, {**affine, "height": None, "width": None},
+                                  pets_norm], "loss_func": single})
+    expect_recipe("timm_convnext_multilabel", _learner(
+        Resize(64), [*aug_transforms(), norm], arch="convnext_tiny",
+        y_block=MultiCategoryBlock(vocab=["cat", "coffee"]), depths=(1, 1, 1, 1),
+        dims=(8, 16, 24, 32), loss_func=BCEWithLogitsLossFlat(thresh=0.3)),
+        {"arch": "convnext_tiny", "loss_func": {"name": "BCEWithLogitsLossFlat",
+                                                "thresh": 0.3}})
 
     print("== refused setups")
-    expect_refusal("item_Resize", lambda: _learner(Resize(460)), "item transform Resize",
-                   ITEM_SUPPORT)
-    expect_refusal("item_CropPad", lambda: _learner(CropPad(460)), "item transform CropPad",
-                   ITEM_SUPPORT)
     expect_refusal("item_RatioResize", lambda: _learner(RatioResize(460)),
                    "item transform RatioResize", ITEM_SUPPORT)
     expect_refusal("item_RandomCrop", lambda: _learner(RandomCrop(224)),
@@ -891,21 +941,20 @@ def self_test():
     expect_refusal("item_RRC_bicubic", lambda: _learner(
         RandomResizedCrop(460, resamples=(Image.Resampling.BICUBIC, Image.Resampling.NEAREST))),
         "RandomResizedCrop", "BICUBIC", ITEM_SUPPORT)
-    expect_refusal("item_none", lambda: _learner([]), "0 RandomResizedCrop", ITEM_SUPPORT)
+    expect_refusal("item_Resize_lanczos", lambda: _learner(
+        Resize(224, resamples=(Image.Resampling.LANCZOS, Image.Resampling.NEAREST))),
+        "Resize", "LANCZOS", ITEM_SUPPORT)
+    expect_refusal("item_none", lambda: _learner([]), "no Resize, CropPad or RandomResizedCrop",
+                   ITEM_SUPPORT)
     expect_refusal("batch_RandomResizedCropGPU", lambda: _learner(
         RandomResizedCrop(460), [*aug_transforms(size=224, min_scale=0.75), norm]),
         "batch transform RandomResizedCropGPU", BATCH_SUPPORT)
     expect_refusal("batch_mode_nearest", lambda: _learner(
         RandomResizedCrop(460), [*aug_transforms(size=224, mode="nearest"), norm]),
         "mode 'nearest'", BATCH_SUPPORT)
-    expect_refusal("batch_pad_zeros", lambda: _learner(
-        RandomResizedCrop(460), [*aug_transforms(size=224, pad_mode="zeros"), norm]),
-        "pad_mode 'zeros'", BATCH_SUPPORT)
     expect_refusal("batch_align_corners_false", lambda: _learner(
         RandomResizedCrop(460), [*aug_transforms(size=224, align_corners=False), norm]),
         "align_corners=False", BATCH_SUPPORT)
-    expect_refusal("batch_no_normalize", lambda: _learner(
-        RandomResizedCrop(460), aug_transforms(size=224)), "0 Normalize", BATCH_SUPPORT)
     expect_refusal("batch_normalize_1ch", lambda: _learner(
         RandomResizedCrop(460), [*aug_transforms(size=224), Normalize.from_stats([0.5], [0.5])]),
         "not a per-channel 3-channel Normalize", BATCH_SUPPORT)
@@ -919,15 +968,15 @@ def self_test():
     expect_refusal("batch_two_affine", lambda: _learner(
         RandomResizedCrop(460), [*aug_transforms(size=224), Rotate(size=224), norm]),
         "2 AffineCoordTfm", BATCH_SUPPORT)
-    expect_refusal("batch_no_affine", lambda: _learner(RandomResizedCrop(224), [norm]),
-                   "0 AffineCoordTfm", BATCH_SUPPORT)
     expect_refusal("grayscale_block", lambda: _learner(
         RandomResizedCrop(460), block=ImageBlock(cls=PILImageBW)),
         "does something the recipe does not describe")
-    expect_refusal("model_resnet18", lambda: _learner(arch=resnet18),
-                   "not fastai's TimmBody", MODEL_SUPPORT)
-    expect_refusal("model_timm_resnet", lambda: _learner(arch="resnet18"),
-                   "not timm's VisionTransformer", MODEL_SUPPORT)
+    expect_refusal("model_timm_efficientnet", lambda: _learner(arch="efficientnet_b0"),
+                   "the TimmBody wraps a timm.models.efficientnet.EfficientNet", MODEL_SUPPORT)
+    expect_refusal("model_cnn_custom_head", lambda: _learner(
+        Resize(64), arch=resnet18, custom_head=torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(512, 2),
+            torch.nn.Sigmoid())), "the head holds Sigmoid", MODEL_SUPPORT)
     expect_refusal("model_avg_pool", lambda: _learner(global_pool="avg"),
                    "global_pool='avg'", MODEL_SUPPORT)
     expect_refusal("model_reg_tokens", lambda: _learner(reg_tokens=4),
@@ -939,8 +988,8 @@ def self_test():
     expect_refusal("model_input_size", lambda: _learner(
         RandomResizedCrop(460), [*aug_transforms(size=192), norm]),
         "the batch transforms give 192x192 (HxW) inputs but the model takes 224x224")
-    expect_refusal("loss_multilabel", lambda: _learner(y_block=MultiCategoryBlock(
-        vocab=["cat", "coffee"])), "not a softmax")
+    expect_refusal("loss_regression", lambda: _learner(loss_func=L1LossFlat()),
+                   "L1LossFlat", LOSS_SUPPORT)
 
     print("== refused files")
     learn = _learner(RandomResizedCrop(460))
@@ -955,10 +1004,10 @@ def self_test():
             failures.append(name)
 
     # The real exit code, through a fresh interpreter.
-    pkl = export_pkl(_learner(Resize(460)), "subprocess_Resize")
+    pkl = export_pkl(_learner(RatioResize(460)), "subprocess_RatioResize")
     r = subprocess.run([sys.executable, __file__, str(pkl), str(tmp / "sub.safetensors")],
                        capture_output=True, text=True)
-    ok = r.returncode == EXIT_REFUSED and "item transform Resize" in r.stderr
+    ok = r.returncode == EXIT_REFUSED and "item transform RatioResize" in r.stderr
     print(f"[{'ok' if ok else 'FAIL'}] subprocess exit code {r.returncode}: "
           f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
     if not ok:
