@@ -71,13 +71,15 @@ fn the_recipe_in_the_metadata_drives_the_transforms() {
 #[test]
 fn a_bad_recipe_names_the_key_and_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = Recipe::default().to_json().replace("reflection", "zeros");
+    let bad = Recipe::default()
+        .to_json()
+        .replace("\"mode\":\"bilinear\"", "\"mode\":\"nearest\"");
     let p = with_metadata(&dir, "bad.safetensors", &[("fastai_infer.recipe", bad)]);
     let err = FastaiWeights::load(&p, &Device::Cpu).unwrap_err();
     match &err {
         Error::InvalidMetadata { key, reason, .. } => {
             assert_eq!(key, "fastai_infer.recipe");
-            assert!(reason.contains("batch_tfms.pad_mode"), "{reason}");
+            assert!(reason.contains("batch_tfms[1].mode"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }
