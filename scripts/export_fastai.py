@@ -500,6 +500,8 @@ def loss_recipe(learn):
     act = getattr(lf, "activation", None)
     dec = getattr(lf, "decodes", None)
     name = type(lf).__name__
+    if name == "BaseLoss" and getattr(lf, "func", None) is not None:
+        name = f"BaseLoss({type(lf.func).__name__})"  # e.g. L1LossFlat()
     if act is None or dec is None:
         _refuse(f"the loss function {name} has no activation/decodes: fastai-infer cannot tell "
                 f"how learn.predict decodes its outputs ({LOSS_SUPPORT})")
@@ -989,7 +991,7 @@ def self_test():
         RandomResizedCrop(460), [*aug_transforms(size=192), norm]),
         "the batch transforms give 192x192 (HxW) inputs but the model takes 224x224")
     expect_refusal("loss_regression", lambda: _learner(loss_func=L1LossFlat()),
-                   "L1LossFlat", LOSS_SUPPORT)
+                   "BaseLoss(L1Loss)", LOSS_SUPPORT)
 
     print("== refused files")
     learn = _learner(RandomResizedCrop(460))
