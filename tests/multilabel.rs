@@ -5,7 +5,6 @@
 //! against fastai's (scripts/make_fixtures_tfms.py multilabel).
 
 #[path = "../examples/predict/cli.rs"]
-#[allow(dead_code)]
 mod cli;
 
 use std::collections::HashMap;
