@@ -56,7 +56,6 @@ def cases():
                                    Resize, aug_transforms, imagenet_stats)
     from PIL import Image
     NEAREST = Image.Resampling.NEAREST
-    BILINEAR = Image.Resampling.BILINEAR
     norm = Normalize.from_stats(*imagenet_stats)
     c = {}
     for method in ("crop", "squish", "pad"):
@@ -82,6 +81,7 @@ def cases():
     c["croppad_then_resize"] = ([CropPad(200), Resize((24, 30), method="squish")], [], FEW)
     c["rrc"] = ([RandomResizedCrop(30)], [], FEW)
     c["rrc_hw"] = ([RandomResizedCrop((26, 34), val_xtra=0.3)], [], FEW)
+    c["rrc_nearest"] = ([RandomResizedCrop(30, resamples=(NEAREST, NEAREST))], [], FEW)
     # Batch transforms (after Resize).
     c["aug_nosize_norm"] = ([Resize((26, 34))], [*aug_transforms(), norm], ALL)
     c["aug_nosize_nonorm"] = ([Resize(31, method="squish")], aug_transforms(), ALL)

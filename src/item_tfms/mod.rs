@@ -254,6 +254,29 @@ mod tests {
     }
 
     #[test]
+    fn tiny_images_and_sizes_never_panic() {
+        let methods = [ResizeMethod::Crop, ResizeMethod::Squish, ResizeMethod::Pad];
+        let pads = [PadMode::Zeros, PadMode::Reflection, PadMode::Border];
+        for (w, h) in [(1, 1), (1, 5), (7, 1), (2, 3)] {
+            let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+            for (sh, sw) in [(1, 1), (1, 9), (9, 1), (4, 6)] {
+                for m in methods {
+                    for p in pads {
+                        for r in [Resample::Bilinear, Resample::Nearest] {
+                            let t = Resize::with_size(sh, sw).method(m).pad_mode(p).resample(r);
+                            if let Ok(out) = t.encodes(&img) {
+                                assert_eq!(out.dimensions(), (sw, sh));
+                            }
+                        }
+                    }
+                    let c = CropPad::with_size(sh, sw).pad_mode(pads[sh as usize % 3]);
+                    assert_eq!(c.encodes(&img).unwrap().dimensions(), (sw, sh));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn steps_run_in_order() {
         let img = RgbImage::from_fn(9, 5, |x, y| image::Rgb([x as u8, y as u8, 1]));
         let t = ItemTfms(vec![CropPad::new(4).into(), Resize::new(2).into()]);
