@@ -14,6 +14,7 @@
 //! training-only and are not applied, exactly as on fastai's validation set.
 
 mod cpu;
+mod fma;
 pub mod grid_sample;
 
 use candle_core::{DType, Device, Tensor};
@@ -21,8 +22,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 
 pub use grid_sample::{
-    affine_grid, area_interpolate, area_interpolate_ops, fastai_grid_sample, grid_sample,
-    identity_grid,
+    affine_grid, area_interpolate, area_interpolate_ops, fastai_grid_sample,
+    fastai_grid_sample_with_range, grid_sample, identity_grid, identity_grid_range,
 };
 
 /// fastai's `IntToFloatTensor`: `x.float() / 255` (true division, as PyTorch does).
@@ -134,7 +135,8 @@ impl BatchTfms {
         let x = IntToFloatTensor.encodes(x)?;
         let n = x.dim(0)?;
         let grid = identity_grid(n, self.height, self.width, x.device())?;
-        let x = fastai_grid_sample(&x, &grid)?;
+        let range = identity_grid_range(self.height, self.width);
+        let x = fastai_grid_sample_with_range(&x, &grid, range)?;
         self.normalize.encodes(&x)
     }
 
