@@ -1,7 +1,7 @@
 //! Compiles the crate's CUDA kernels (`src/batch_tfms/kernels/*.cu`) to PTX with `nvcc` when the
 //! `cuda` feature is on, as candle-kernels does; without the feature it does nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -20,18 +20,21 @@ fn main() {
     // reads it, else the oldest CUDA 13 supports, so the driver can JIT it for any newer GPU.
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "75".into());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
-    for kernel in ["fma"] {
-        let src = PathBuf::from("src/batch_tfms/kernels").join(format!("{kernel}.cu"));
-        println!("cargo::rerun-if-changed={}", src.display());
-        let ptx = out_dir.join(format!("{kernel}.ptx"));
-        let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "--fmad=false"])
-            .arg(format!("--gpu-architecture=compute_{cap}"))
-            .arg("-o")
-            .arg(&ptx)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {} for {}: {e}", nvcc.display(), src.display()));
-        assert!(status.success(), "nvcc failed on {}", src.display());
-    }
+    compile(&nvcc, &cap, &out_dir, "fma");
+}
+
+/// `nvcc --ptx` on `src/batch_tfms/kernels/<kernel>.cu`, into `OUT_DIR/<kernel>.ptx`.
+fn compile(nvcc: &Path, cap: &str, out_dir: &Path, kernel: &str) {
+    let src = PathBuf::from("src/batch_tfms/kernels").join(format!("{kernel}.cu"));
+    println!("cargo::rerun-if-changed={}", src.display());
+    let ptx = out_dir.join(format!("{kernel}.ptx"));
+    let status = Command::new(nvcc)
+        .args(["--ptx", "-O3", "--fmad=false"])
+        .arg(format!("--gpu-architecture=compute_{cap}"))
+        .arg("-o")
+        .arg(&ptx)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} for {}: {e}", nvcc.display(), src.display()));
+    assert!(status.success(), "nvcc failed on {}", src.display());
 }

@@ -64,12 +64,17 @@ impl CustomOp3 for Fma {
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fma.ptx"));
         let dev = &s1.device;
-        let slice = |s: &candle_core::CudaStorage, l: &Layout, what: &str| {
+        fn slice<'a>(
+            s: &'a candle_core::CudaStorage,
+            l: &Layout,
+            what: &str,
+        ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>>
+        {
             let Some((start, end)) = l.contiguous_offsets() else {
                 candle_core::bail!("fused_mul_add: {what} is not contiguous");
             };
             Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
-        };
+        }
         let (a, b, c) = (
             slice(s1, l1, "a")?,
             slice(s2, l2, "b")?,
