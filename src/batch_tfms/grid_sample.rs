@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::fma::fused_mul_add;
 use crate::error::{Error, Result};
 
 /// The four dimensions of `t`, or an [`Error::InvalidArgument`] that says what was expected.
@@ -196,14 +197,6 @@ pub fn area_interpolate_ops(x: &Tensor, out_h: usize, out_w: usize) -> Result<Te
     Ok(sum.broadcast_div(&kh)?.broadcast_div(&kw)?)
 }
 
-/// `round_f32(a * b + acc)` with a single rounding, for `f32` tensors (`b` broadcast to `a`).
-fn fused_mul_add(a: &Tensor, b: &Tensor, acc: &Tensor) -> Result<Tensor> {
-    let p = a
-        .to_dtype(DType::F64)?
-        .broadcast_mul(&b.to_dtype(DType::F64)?)?;
-    Ok((p + acc.to_dtype(DType::F64)?)?.to_dtype(DType::F32)?)
-}
-
 /// Source coordinates along one axis of `size` pixels, as PyTorch computes them for bilinear
 /// sampling with reflection padding and `align_corners=True`: unnormalize, reflect about the
 /// borders, clip.
@@ -302,9 +295,7 @@ pub fn grid_sample(x: &Tensor, grid: &Tensor) -> Result<Tensor> {
 
     // PyTorch's vectorized kernel accumulates `nw_val * nw + ne_val * ne + ...` with fused
     // multiply-adds (the compiler contracts it), so each step after the first is rounded
-    // once. Candle has no fused op, so each step is computed in f64, where the f32 product is
-    // exact, and rounded once to f32: the same result except in the vanishingly rare case of
-    // a double rounding tie.
+    // once: `fused_mul_add` does the same on every device, in f32.
     let out = v_nw.broadcast_mul(&nw)?;
     let out = fused_mul_add(&v_ne, &ne, &out)?;
     let out = fused_mul_add(&v_sw, &sw, &out)?;
@@ -341,15 +332,45 @@ pub fn area_pre_size(h: usize, w: usize, w_out: usize, coord_range: f32) -> Opti
 /// fastai's `_grid_sample(x, coords, mode='bilinear', padding_mode='reflection',
 /// align_corners=True)`: the 'area' pre-interpolation ([`area_pre_size`]) followed by
 /// [`grid_sample`].
+///
+/// The pre-interpolation depends on the coordinates' range (max - min), which this reads back
+/// from the device: one synchronisation. [`fastai_grid_sample_with_range`] takes the range
+/// from the caller instead, as the batch transforms do for the grid they build.
 pub fn fastai_grid_sample(x: &Tensor, coords: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = dims4(x, "grid_sample: input must be (N, C, H, W)")?;
-    let (_, _, w_out, _) = dims4(coords, "grid_sample: grid must be (N, H_out, W_out, 2)")?;
     let flat = coords.to_dtype(DType::F32)?.flatten_all()?;
     let mn = flat.min(0)?.to_scalar::<f32>()?;
     let mx = flat.max(0)?.to_scalar::<f32>()?;
-    match area_pre_size(h, w, w_out, mx - mn) {
+    fastai_grid_sample_with_range(x, coords, mx - mn)
+}
+
+/// [`fastai_grid_sample`] with the coordinates' range (max - min over the whole grid) given,
+/// so nothing is read back from the device.
+pub fn fastai_grid_sample_with_range(
+    x: &Tensor,
+    coords: &Tensor,
+    coord_range: f32,
+) -> Result<Tensor> {
+    let (_, _, h, w) = dims4(x, "grid_sample: input must be (N, C, H, W)")?;
+    let (_, _, w_out, _) = dims4(coords, "grid_sample: grid must be (N, H_out, W_out, 2)")?;
+    match area_pre_size(h, w, w_out, coord_range) {
         Some((oh, ow)) => grid_sample(&area_interpolate(x, oh, ow)?, coords),
         None => grid_sample(x, coords),
+    }
+}
+
+/// The range (max - min) of the values of [`identity_grid`]`(n, height, width)`, computed on
+/// the host: the same `f32` as reading the grid back.
+pub fn identity_grid_range(height: usize, width: usize) -> f32 {
+    let values: Vec<f32> = linspace_neg_one_to_one(height)
+        .into_iter()
+        .chain(linspace_neg_one_to_one(width))
+        .collect();
+    let mn = values.iter().copied().fold(f32::INFINITY, f32::min);
+    let mx = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if values.is_empty() {
+        0.0
+    } else {
+        mx - mn
     }
 }
 

@@ -27,6 +27,7 @@
 //! effect at validation (reflection, zeros and border give the same tensors; fixture-checked).
 
 mod cpu;
+mod fma;
 pub mod grid_sample;
 
 use candle_core::{DType, Device, Tensor};
@@ -34,8 +35,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 
 pub use grid_sample::{
-    affine_grid, area_interpolate, area_interpolate_ops, fastai_grid_sample, grid_sample,
-    identity_grid,
+    affine_grid, area_interpolate, area_interpolate_ops, fastai_grid_sample,
+    fastai_grid_sample_with_range, grid_sample, identity_grid, identity_grid_range,
 };
 
 /// fastai's `IntToFloatTensor`: `x.float() / 255` (true division, as PyTorch does).
@@ -190,7 +191,8 @@ impl BatchTfms {
             Affine::ToSize | Affine::ItemSize => {
                 let (oh, ow) = self.output_size((h, w));
                 let grid = identity_grid(n, oh, ow, x.device())?;
-                fastai_grid_sample(&x, &grid)?
+                let range = identity_grid_range(oh, ow);
+                fastai_grid_sample_with_range(&x, &grid, range)?
             }
         };
         self.normalize.encodes(&x)
