@@ -692,7 +692,10 @@ fn bad_command_lines_exit_2_naming_the_flag() {
         (&["--max-pixels", "0"], "'--max-pixels <N>'"),
         (&["--max-batch", "0"], "'--max-batch <N>'"),
         (&["--queue-timeout-ms", "0"], "'--queue-timeout-ms <MS>'"),
-        (&["--inference-timeout-ms", "x"], "'--inference-timeout-ms <MS>'"),
+        (
+            &["--inference-timeout-ms", "x"],
+            "'--inference-timeout-ms <MS>'",
+        ),
         (&["--workers"], "--workers"),
         (&["photo.jpg"], "unexpected argument 'photo.jpg'"),
     ] {
@@ -835,7 +838,11 @@ async fn an_inference_over_its_deadline_is_a_504() {
     let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
     assert_eq!(resp.status, 504, "{}", String::from_utf8_lossy(&resp.body));
     assert!(resp.error().contains("did not finish"), "{}", resp.error());
-    assert_eq!(state.running().available_permits(), 0, "the pass is still held");
+    assert_eq!(
+        state.running().available_permits(),
+        0,
+        "the pass is still held"
+    );
     drop(stall);
     // The stalled pass runs, then gives its worker back; the server answers on.
     let worker = state.running().clone().acquire_owned().await.unwrap();
@@ -876,9 +883,9 @@ async fn batched_requests_each_get_their_own_answer() {
     let tasks: Vec<_> = names
         .iter()
         .map(|&name| {
-            tokio::spawn(async move {
-                request(addr, "POST", "/predict", &[], &fixture(name)).await
-            })
+            tokio::spawn(
+                async move { request(addr, "POST", "/predict", &[], &fixture(name)).await },
+            )
         })
         .collect();
     until_queued(&state, names.len() as i64).await;
@@ -977,7 +984,10 @@ async fn metrics_count_requests_by_route_and_status() {
         "serve_model_load_seconds",
         "serve_build_info",
     ] {
-        assert!(before.contains(&format!("# TYPE {name} ")), "{name} in {before}");
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} in {before}"
+        );
     }
     let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
     assert_eq!(
@@ -999,11 +1009,17 @@ async fn metrics_count_requests_by_route_and_status() {
         400
     );
     assert_eq!(request(addr, "GET", "/health", &[], b"").await.status, 200);
-    assert_eq!(request(addr, "GET", "/no/such/page", &[], b"").await.status, 404);
+    assert_eq!(
+        request(addr, "GET", "/no/such/page", &[], b"").await.status,
+        404
+    );
 
     let after = scrape(addr).await;
     for name in ["serve_requests_total", "serve_request_duration_seconds"] {
-        assert!(after.contains(&format!("# TYPE {name} ")), "{name} in {after}");
+        assert!(
+            after.contains(&format!("# TYPE {name} ")),
+            "{name} in {after}"
+        );
     }
     let count = |labels: &[&str]| metric(&after, "serve_requests_total", labels);
     assert_eq!(count(&["route=\"/predict\"", "status=\"200\""]), Some(1.0));
@@ -1023,5 +1039,8 @@ async fn metrics_count_requests_by_route_and_status() {
     // The junk body never reached the model: one forward pass of one image.
     assert_eq!(metric(&after, "serve_batch_size_count", &[]), Some(1.0));
     assert_eq!(metric(&after, "serve_batch_size_sum", &[]), Some(1.0));
-    assert_eq!(metric(&after, "serve_batch_duration_seconds_count", &[]), Some(1.0));
+    assert_eq!(
+        metric(&after, "serve_batch_duration_seconds_count", &[]),
+        Some(1.0)
+    );
 }

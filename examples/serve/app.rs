@@ -150,7 +150,10 @@ impl Metrics {
     fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("serve_requests_total", "HTTP requests answered, by route and status"),
+            Opts::new(
+                "serve_requests_total",
+                "HTTP requests answered, by route and status",
+            ),
             &["route", "status"],
         )?;
         let latency = HistogramVec::new(
@@ -189,7 +192,10 @@ impl Metrics {
             "Time taken to load the model and run the warm-up forward pass",
         )?;
         let build_info = IntGaugeVec::new(
-            Opts::new("serve_build_info", "Always 1; the labels describe the build"),
+            Opts::new(
+                "serve_build_info",
+                "Always 1; the labels describe the build",
+            ),
             &["version", "device"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -258,7 +264,8 @@ pub struct AppState {
     config: Arc<Config>,
     /// Permits for the admitted requests (running, waiting or being read).
     admitted: Arc<Semaphore>,
-    /// Permits for `workers` forward passes.
+    /// Permits for `workers` forward passes (the batcher holds a clone).
+    #[allow(dead_code)] // read by tests/serve.rs
     running: Arc<Semaphore>,
     /// Permits for `decoders` decodings.
     decoding: Arc<Semaphore>,
@@ -270,6 +277,7 @@ pub struct AppState {
     draining: Arc<AtomicBool>,
     /// Read-locked and released before every forward pass: tests write-lock it to stall
     /// inference.
+    #[allow(dead_code)] // read by tests/serve.rs
     gate: Arc<RwLock<()>>,
     metrics: Metrics,
 }
@@ -277,6 +285,7 @@ pub struct AppState {
 impl AppState {
     /// State for a loaded learner, warmed up and ready. Must be called inside a tokio runtime
     /// (it starts the batcher).
+    #[allow(dead_code)] // used by tests/serve.rs
     pub fn new(learner: Arc<Learner>, config: Config) -> Self {
         let state = Self::loading(config);
         // The tests' learner is shared and already warm; the metrics still say it is loaded.
@@ -347,28 +356,27 @@ impl AppState {
         self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 
-    /// The metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Requests decoded and waiting for a worker.
+    #[allow(dead_code)] // used by tests/serve.rs
     pub fn queue_depth(&self) -> i64 {
         self.metrics.queue_depth.get()
     }
 
     /// The semaphore of admitted requests; tests hold its permits to fill the queue.
+    #[allow(dead_code)] // used by tests/serve.rs
     pub fn admitted(&self) -> &Arc<Semaphore> {
         &self.admitted
     }
 
     /// The semaphore of running forward passes; tests hold its permits to stall the workers.
+    #[allow(dead_code)] // used by tests/serve.rs
     pub fn running(&self) -> &Arc<Semaphore> {
         &self.running
     }
 
     /// The lock every forward pass read-locks (and releases) before it starts; tests
     /// write-lock it to make inference outlast its deadline.
+    #[allow(dead_code)] // used by tests/serve.rs
     pub fn inference_gate(&self) -> &Arc<RwLock<()>> {
         &self.gate
     }
@@ -659,29 +667,26 @@ async fn predict(State(state): State<AppState>, req: Request) -> Response {
             config.queue_timeout.as_secs_f64()
         ))
     };
-    let decoder = match tokio::time::timeout(
-        config.queue_timeout,
-        state.decoding.clone().acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(permit)) => permit,
-        _ => return busy(),
-    };
+    let decoder =
+        match tokio::time::timeout(config.queue_timeout, state.decoding.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => return busy(),
+        };
     let start = Instant::now();
     let prep = {
         let (learner, config) = (learner.clone(), config.clone());
         tokio::task::spawn_blocking(move || {
             let _decoder = decoder;
-            let item = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                prepare(&learner, &bytes, &config)
-            }))
-            .unwrap_or_else(|_| {
-                Err(ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error: decoding panicked".into(),
-                ))
-            });
+            let item =
+                std::panic::catch_unwind(AssertUnwindSafe(|| prepare(&learner, &bytes, &config)))
+                    .unwrap_or_else(|_| {
+                        Err(ApiError(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error: decoding panicked".into(),
+                        ))
+                    });
             (item, admitted)
         })
     };

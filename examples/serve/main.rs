@@ -19,8 +19,8 @@
 mod app;
 mod args;
 
-use std::process::ExitCode;
 use std::future::IntoFuture;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
