@@ -649,8 +649,11 @@ fn the_command_line_sets_every_limit() {
         "0",
         "--decoders",
         "6",
+        "--shutdown-delay-ms",
+        "5000",
     ])
     .unwrap();
+    assert_eq!(a.shutdown_delay_ms, 5000);
     let c = a.config();
     assert_eq!(a.addr, SocketAddr::from(([0, 0, 0, 0], 9000)));
     assert_eq!(

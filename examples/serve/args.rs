@@ -96,6 +96,11 @@ pub struct Args {
           value_parser = at_least::<u64, 0>)]
     pub batch_window_ms: u64,
 
+    /// milliseconds between SIGTERM (or Ctrl-C), which turns /ready to 503, and the listener
+    /// closing, so that load balancers stop sending first; requests in flight then finish
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
+
     /// requests decoded at once (default: the number of CPUs)
     #[arg(long, value_name = "N", default_value_t = Config::default().decoders,
           value_parser = at_least::<usize, 1>, hide_default_value = true)]

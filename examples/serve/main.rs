@@ -6,6 +6,7 @@
 //!     [--addr 127.0.0.1:8080] [--max-body-bytes N] [--workers N] [--queue N]
 //!     [--max-pixels N] [--top-k N] [--body-timeout-secs N] [--queue-timeout-ms MS]
 //!     [--inference-timeout-ms MS] [--max-batch N] [--batch-window-ms MS] [--decoders N]
+//!     [--shutdown-delay-ms MS]
 //! ```
 //!
 //! The flags are parsed in `args.rs`; those every example shares are in `examples/common/mod.rs`.
@@ -22,7 +23,7 @@ mod args;
 use std::future::IntoFuture;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use app::AppState;
 use args::common::EXIT_USAGE;
@@ -71,10 +72,13 @@ async fn main() -> ExitCode {
     let state = AppState::loading(config.clone());
     let shutdown = {
         let state = state.clone();
+        let delay = Duration::from_millis(args.shutdown_delay_ms);
         async move {
             shutdown_signal().await;
-            // /ready answers 503 from here on; requests in flight finish.
+            // /ready answers 503 from here on; the listener stays open for `delay` (load
+            // balancers see the 503 and stop sending), then closes; requests in flight finish.
             state.begin_shutdown();
+            tokio::time::sleep(delay).await;
         }
     };
     let server = tokio::spawn(
