@@ -32,10 +32,10 @@ FROM ${RUNTIME_IMAGE}
 # The weights baked into the image (a path inside the build context); mount a file over
 # /models/model.safetensors at run time to serve other weights without rebuilding.
 ARG WEIGHTS=weights/pets_vit_tiny.safetensors
-RUN groupadd --system --gid 10001 serve \
- && useradd --system --uid 10001 --gid serve --no-create-home --shell /usr/sbin/nologin serve
 COPY --from=build /usr/local/bin/serve /usr/local/bin/serve
 COPY --chown=root:root ${WEIGHTS} /models/model.safetensors
+# A numeric non-root user (no passwd entry needed, so the stage has no RUN step); it can read
+# the binary and the weights, and write nothing it does not need to.
 USER 10001:10001
 EXPOSE 8080
 # Liveness through bash's /dev/tcp (the slim image has no curl): GET /health must answer 200.
