@@ -28,6 +28,9 @@ for _ in $(seq 1 240); do
   if curl -fsS "$url/ready" >/dev/null 2>&1; then break; fi
   sleep 0.5
 done
+# The server's CPU time so far (user + system), in seconds.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$server/stat"; }
+served() { curl -fsS "$url/metrics" | awk '/^serve_requests_total\{route="\/predict",status="200"\}/ {print $2}'; }
 rss() { grep -E '^(VmRSS|VmHWM)' "/proc/$server/status" | tr -s ' \t' ' ' | paste -sd ' '; }
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  host: $(nproc) cores  serve args: $*  uptime:$(uptime | sed 's/.*load average/ load average/')"
 echo "image: $image ($(stat -c %s "$image") bytes)"
@@ -37,9 +40,13 @@ echo "RSS after one request: $(rss)"
 for c in $concurrency; do
   echo 5 > "/proc/$server/clear_refs" 2>/dev/null || true   # resets VmHWM to the current RSS
   echo "=== concurrency $c ==="
+  cpu0=$(cpu); ok0=$(served)
   IMAGE="$image" wrk -t1 -c"$c" -d"${duration}s" --timeout 30s --latency \
     -s scripts/wrk_predict.lua "$url/predict"
+  cpu1=$(cpu); ok1=$(served)
   echo "RSS after c=$c (VmHWM: the peak during the run): $(rss)"
+  awk -v a="$cpu0" -v b="$cpu1" -v n0="$ok0" -v n1="$ok1" 'BEGIN {n = n1 - n0;
+    printf "server CPU: %.1f s for %d answered requests = %.1f ms a request\n", b - a, n, n ? 1000 * (b - a) / n : 0}'
 done
 curl -fsS "$url/metrics" | grep -E '^serve_(batch_size_(sum|count)|requests_total)' || true
 echo "uptime after:$(uptime | sed 's/.*load average/ load average/')"
