@@ -1047,3 +1047,77 @@ async fn metrics_count_requests_by_route_and_status() {
         Some(1.0)
     );
 }
+
+/// A client that goes away in the middle of its upload frees its slot: with room for one
+/// request only, the next request is served.
+#[tokio::test]
+async fn a_client_that_disconnects_mid_upload_frees_its_slot() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        queue: 0,
+        max_batch: 1,
+        ..Config::default()
+    })
+    .await;
+    assert_eq!(state.admitted().available_permits(), 1);
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head =
+            format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(&fixture("chelsea.png")[..5000])
+            .await
+            .unwrap();
+        drop(stream);
+        // Wait (no bound on the result) until the server has noticed and let the slot go.
+        while state.admitted().available_permits() < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+}
+
+/// A flood of oversize bodies is refused (413) without holding back a good request sent
+/// among them.
+#[tokio::test]
+async fn a_flood_of_oversize_bodies_does_not_stall_a_good_request() {
+    let limit = 32 * 1024;
+    let (addr, _) = start(Config {
+        max_body_bytes: limit,
+        ..Config::default()
+    })
+    .await;
+    let big = vec![0u8; 1024 * 1024];
+    let floods: Vec<_> = (0..24)
+        .map(|i| {
+            let body = big.clone();
+            tokio::spawn(async move {
+                let head = if i % 2 == 0 {
+                    format!(
+                        "POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                } else {
+                    // No declared length: the limit is found while reading.
+                    format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n")
+                };
+                let body = if i % 2 == 0 {
+                    body
+                } else {
+                    let mut c = format!("{:x}\r\n", body.len()).into_bytes();
+                    c.extend_from_slice(&body);
+                    c.extend_from_slice(b"\r\n0\r\n\r\n");
+                    c
+                };
+                request_streaming(addr, head, body).await.status
+            })
+        })
+        .collect();
+    let good = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&good, "rocket_tiny.png");
+    for f in floods {
+        assert_eq!(f.await.unwrap(), 413);
+    }
+}
