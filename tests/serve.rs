@@ -36,7 +36,11 @@ fn fixture(name: &str) -> Vec<u8> {
 
 /// Starts the application on 127.0.0.1:0; the server lives as long as the test's runtime.
 async fn start(config: Config) -> (SocketAddr, AppState) {
-    let state = AppState::new(learner(), config);
+    serve(AppState::new(learner(), config)).await
+}
+
+/// Serves `state` on 127.0.0.1:0.
+async fn serve(state: AppState) -> (SocketAddr, AppState) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app::app(state.clone());
@@ -460,6 +464,7 @@ async fn a_full_queue_is_a_503_with_retry_after() {
     let (addr, state) = start(Config {
         workers: 1,
         queue: 1,
+        max_batch: 1,
         ..Config::default()
     })
     .await;
@@ -521,6 +526,7 @@ async fn a_body_that_never_arrives_is_a_408_and_frees_its_slot() {
     let (addr, state) = start(Config {
         workers: 1,
         queue: 0,
+        max_batch: 1,
         body_timeout: std::time::Duration::from_millis(300),
         ..Config::default()
     })
@@ -580,6 +586,26 @@ fn the_command_line_defaults_are_the_configs() {
             d.body_timeout
         )
     );
+    assert_eq!(
+        (
+            c.queue_timeout,
+            c.inference_timeout,
+            c.max_batch,
+            c.batch_window,
+            c.decoders
+        ),
+        (
+            d.queue_timeout,
+            d.inference_timeout,
+            d.max_batch,
+            d.batch_window,
+            d.decoders
+        )
+    );
+    assert_eq!(
+        (c.max_batch, c.batch_window),
+        (32, std::time::Duration::from_millis(2))
+    );
     assert_eq!(args::DEFAULT_MAX_PIXELS, d.max_pixels.to_string());
     assert_eq!(a.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
     assert_eq!(a.model.device, fastai_infer::DeviceSpec::Cpu);
@@ -613,8 +639,21 @@ fn the_command_line_sets_every_limit() {
         "w.pth",
         "--device",
         "cuda:1",
+        "--queue-timeout-ms",
+        "250",
+        "--inference-timeout-ms",
+        "4000",
+        "--max-batch",
+        "1",
+        "--batch-window-ms",
+        "0",
+        "--decoders",
+        "6",
+        "--shutdown-delay-ms",
+        "5000",
     ])
     .unwrap();
+    assert_eq!(a.shutdown_delay_ms, 5000);
     let c = a.config();
     assert_eq!(a.addr, SocketAddr::from(([0, 0, 0, 0], 9000)));
     assert_eq!(
@@ -628,6 +667,17 @@ fn the_command_line_sets_every_limit() {
     );
     assert_eq!(a.model.weights, std::path::Path::new("w.pth"));
     assert_eq!(a.model.device, fastai_infer::DeviceSpec::Cuda(1));
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(
+        (
+            c.queue_timeout,
+            c.inference_timeout,
+            c.max_batch,
+            c.batch_window,
+            c.decoders
+        ),
+        (ms(250), ms(4000), 1, ms(0), 6)
+    );
 }
 
 #[test]
@@ -643,6 +693,12 @@ fn bad_command_lines_exit_2_naming_the_flag() {
         (&["--body-timeout-secs", "0"], "'--body-timeout-secs <N>'"),
         (&["--device", "tpu"], "expected cpu, cuda or cuda:N"),
         (&["--max-pixels", "0"], "'--max-pixels <N>'"),
+        (&["--max-batch", "0"], "'--max-batch <N>'"),
+        (&["--queue-timeout-ms", "0"], "'--queue-timeout-ms <MS>'"),
+        (
+            &["--inference-timeout-ms", "x"],
+            "'--inference-timeout-ms <MS>'",
+        ),
         (&["--workers"], "--workers"),
         (&["photo.jpg"], "unexpected argument 'photo.jpg'"),
     ] {
@@ -659,6 +715,8 @@ fn bad_command_lines_exit_2_naming_the_flag() {
         "Usage: serve [OPTIONS]",
         "--device <DEVICE>",
         "[default: 50000000]",
+        "--batch-window-ms <MS>",
+        "GET /ready",
         "routes:",
     ] {
         assert!(help.contains(s), "{s}: {help}");
@@ -676,4 +734,390 @@ fn a_gpu_in_a_build_without_cuda_is_refused_before_the_weights() {
         msg.contains("--features cuda") && !msg.contains("nowhere"),
         "{msg}"
     );
+}
+
+/// The value of the metric line `name{labels...} value` whose labels include all of `labels`
+/// (`k="v"` strings), or `None` when there is no such line.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let key = l.split([' ', '{']).next().unwrap_or_default();
+            key == name && labels.iter().all(|want| l.contains(want))
+        })
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let resp = request(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    String::from_utf8(resp.body).expect("UTF-8 metrics")
+}
+
+/// Waits (with no bound on the result, only on each step) until `n` decoded requests are
+/// queued for a worker.
+async fn until_queued(state: &AppState, n: i64) {
+    while state.queue_depth() < n {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The server passes its `max_pixels` to the decoder itself (no header parse of its own): the
+/// 400 is made from the decoder's typed `ImageTooLarge` error, whose limit is the one the
+/// decoder was given. A CMYK TIFF (decoded by the library's own TIFF path) is refused one
+/// pixel over the limit and decoded at it.
+#[tokio::test]
+async fn the_pixel_limit_is_enforced_by_the_decoder() {
+    let tiff = std::fs::read(format!("{ROOT}/tests/fixtures/hostile/cmyk_tiff.tiff")).unwrap();
+    // 32x24 = 768 pixels.
+    let (addr, _) = start(Config {
+        max_pixels: 767,
+        ..Config::default()
+    })
+    .await;
+    let resp = request(addr, "POST", "/predict", &[], &tiff).await;
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(
+        resp.error().contains("32x24") && resp.error().contains("767"),
+        "{}",
+        resp.error()
+    );
+    let (addr, _) = start(Config {
+        max_pixels: 768,
+        ..Config::default()
+    })
+    .await;
+    let resp = request(addr, "POST", "/predict", &[], &tiff).await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+}
+
+/// A request that no worker takes within `queue_timeout` gets 503 with `Retry-After`, and
+/// the server goes on.
+#[tokio::test]
+async fn waiting_too_long_for_a_worker_is_a_503() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        queue_timeout: std::time::Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let worker = state.running().clone().acquire_owned().await.unwrap();
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_eq!(resp.status, 503, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(resp.error().contains("no worker"), "{}", resp.error());
+    drop(worker);
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+    let text = scrape(addr).await;
+    let count = |status| {
+        metric(
+            &text,
+            "serve_requests_total",
+            &["route=\"/predict\"", status],
+        )
+    };
+    assert_eq!(count("status=\"503\""), Some(1.0));
+    assert_eq!(count("status=\"200\""), Some(1.0));
+    // The abandoned request never ran.
+    assert_eq!(metric(&text, "serve_batch_size_sum", &[]), Some(1.0));
+}
+
+/// An inference that outlasts `inference_timeout` gets 504 with a JSON error; the late work
+/// still finishes on its own and frees its worker.
+#[tokio::test]
+async fn an_inference_over_its_deadline_is_a_504() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        inference_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    let gate = state.inference_gate().clone();
+    let stall = gate.write().await;
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_eq!(resp.status, 504, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(resp.error().contains("did not finish"), "{}", resp.error());
+    assert_eq!(
+        state.running().available_permits(),
+        0,
+        "the pass is still held"
+    );
+    drop(stall);
+    // The stalled pass runs, then gives its worker back; the server answers on.
+    let worker = state.running().clone().acquire_owned().await.unwrap();
+    drop(worker);
+    let text = scrape(addr).await;
+    assert_eq!(metric(&text, "serve_batch_size_count", &[]), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "serve_requests_total",
+            &["route=\"/predict\"", "status=\"504\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(request(addr, "GET", "/health", &[], b"").await.status, 200);
+}
+
+/// Requests queued together go through one forward pass, and each gets its own answer,
+/// identical to `Learner::predict` on its image.
+#[tokio::test]
+async fn batched_requests_each_get_their_own_answer() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        max_batch: 8,
+        ..Config::default()
+    })
+    .await;
+    let names = [
+        "chelsea.png",
+        "grace_hopper.jpg",
+        "rocket.jpg",
+        "horse_RGBA.png",
+        "rocket_tiny.png",
+        "coffee_odd.png",
+    ];
+    // Stall the worker so that all six are queued before the batch forms.
+    let worker = state.running().clone().acquire_owned().await.unwrap();
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|&name| {
+            tokio::spawn(
+                async move { request(addr, "POST", "/predict", &[], &fixture(name)).await },
+            )
+        })
+        .collect();
+    until_queued(&state, names.len() as i64).await;
+    drop(worker);
+    for (name, task) in names.iter().zip(tasks) {
+        assert_prediction(&task.await.unwrap(), name);
+    }
+    let text = scrape(addr).await;
+    assert_eq!(metric(&text, "serve_batch_size_count", &[]), Some(1.0));
+    assert_eq!(metric(&text, "serve_batch_size_sum", &[]), Some(6.0));
+    assert_eq!(metric(&text, "serve_queue_depth", &[]), Some(0.0));
+}
+
+/// More queued requests than `max_batch` make several batches, none over the limit.
+#[tokio::test]
+async fn a_batch_never_exceeds_max_batch() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        max_batch: 2,
+        ..Config::default()
+    })
+    .await;
+    let worker = state.running().clone().acquire_owned().await.unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(async move {
+                request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await
+            })
+        })
+        .collect();
+    until_queued(&state, 5).await;
+    drop(worker);
+    for task in tasks {
+        assert_prediction(&task.await.unwrap(), "rocket_tiny.png");
+    }
+    let text = scrape(addr).await;
+    assert_eq!(metric(&text, "serve_batch_size_sum", &[]), Some(5.0));
+    assert_eq!(metric(&text, "serve_batch_size_count", &[]), Some(3.0));
+    // Cumulative buckets: every batch has at most 2 requests.
+    assert_eq!(
+        metric(&text, "serve_batch_size_bucket", &["le=\"2\""]),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, "serve_batch_size_bucket", &["le=\"1\""]),
+        Some(1.0)
+    );
+}
+
+/// `/ready` is 503 while the model loads, 200 once it is loaded and warmed up, and 503 again
+/// once shutdown begins; `/health` answers 200 throughout.
+#[tokio::test]
+async fn ready_follows_loading_and_shutdown() {
+    let (addr, state) = serve(AppState::loading(Config::default())).await;
+    let resp = request(addr, "GET", "/ready", &[], b"").await;
+    assert_eq!(resp.status, 503);
+    assert!(resp.error().contains("loading"), "{}", resp.error());
+    let resp = request(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["classes"], serde_json::Value::Null);
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_eq!(resp.status, 503);
+    assert!(resp.error().contains("loading"), "{}", resp.error());
+
+    let learner = learner();
+    app::warm_up(&learner).unwrap();
+    state.set_learner(learner.clone(), std::time::Duration::from_millis(1500));
+    let resp = request(addr, "GET", "/ready", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["status"], "ready");
+    let resp = request(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(resp.json()["classes"], learner.vocab().len());
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+    let text = scrape(addr).await;
+    assert_eq!(metric(&text, "serve_model_load_seconds", &[]), Some(1.5));
+
+    state.begin_shutdown();
+    let resp = request(addr, "GET", "/ready", &[], b"").await;
+    assert_eq!(resp.status, 503);
+    assert!(resp.error().contains("shutting down"), "{}", resp.error());
+    assert_eq!(request(addr, "GET", "/health", &[], b"").await.status, 200);
+}
+
+/// `/metrics` speaks Prometheus' text format and its counters move with the traffic.
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let (addr, _) = start(Config::default()).await;
+    let before = scrape(addr).await;
+    // (The labelled families appear once they have a series: checked after the traffic.)
+    for name in [
+        "serve_batch_size",
+        "serve_batch_duration_seconds",
+        "serve_queue_depth",
+        "serve_in_flight_requests",
+        "serve_model_load_seconds",
+        "serve_build_info",
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} in {before}"
+        );
+    }
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        metric(&before, "serve_build_info", &[&version, "device=\"cpu\""]),
+        Some(1.0)
+    );
+    // The scrape itself is in flight while the text is made.
+    assert_eq!(metric(&before, "serve_in_flight_requests", &[]), Some(1.0));
+    assert_eq!(metric(&before, "serve_queue_depth", &[]), Some(0.0));
+    assert_eq!(
+        metric(&before, "serve_requests_total", &["route=\"/predict\""]),
+        None
+    );
+
+    let resp = request(addr, "POST", "/predict", &[], &fixture("chelsea.png")).await;
+    assert_prediction(&resp, "chelsea.png");
+    assert_eq!(
+        request(addr, "POST", "/predict", &[], b"junk").await.status,
+        400
+    );
+    assert_eq!(request(addr, "GET", "/health", &[], b"").await.status, 200);
+    assert_eq!(
+        request(addr, "GET", "/no/such/page", &[], b"").await.status,
+        404
+    );
+
+    let after = scrape(addr).await;
+    for name in ["serve_requests_total", "serve_request_duration_seconds"] {
+        assert!(
+            after.contains(&format!("# TYPE {name} ")),
+            "{name} in {after}"
+        );
+    }
+    let count = |labels: &[&str]| metric(&after, "serve_requests_total", labels);
+    assert_eq!(count(&["route=\"/predict\"", "status=\"200\""]), Some(1.0));
+    assert_eq!(count(&["route=\"/predict\"", "status=\"400\""]), Some(1.0));
+    assert_eq!(count(&["route=\"/health\"", "status=\"200\""]), Some(1.0));
+    assert_eq!(count(&["route=\"other\"", "status=\"404\""]), Some(1.0));
+    // The first scrape was counted once it was answered.
+    assert_eq!(count(&["route=\"/metrics\"", "status=\"200\""]), Some(1.0));
+    assert_eq!(
+        metric(
+            &after,
+            "serve_request_duration_seconds_count",
+            &["route=\"/predict\""]
+        ),
+        Some(2.0)
+    );
+    // The junk body never reached the model: one forward pass of one image.
+    assert_eq!(metric(&after, "serve_batch_size_count", &[]), Some(1.0));
+    assert_eq!(metric(&after, "serve_batch_size_sum", &[]), Some(1.0));
+    assert_eq!(
+        metric(&after, "serve_batch_duration_seconds_count", &[]),
+        Some(1.0)
+    );
+}
+
+/// A client that goes away in the middle of its upload frees its slot: with room for one
+/// request only, the next request is served.
+#[tokio::test]
+async fn a_client_that_disconnects_mid_upload_frees_its_slot() {
+    let (addr, state) = start(Config {
+        workers: 1,
+        queue: 0,
+        max_batch: 1,
+        ..Config::default()
+    })
+    .await;
+    assert_eq!(state.admitted().available_permits(), 1);
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head =
+            format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(&fixture("chelsea.png")[..5000])
+            .await
+            .unwrap();
+        drop(stream);
+        // Wait (no bound on the result) until the server has noticed and let the slot go.
+        while state.admitted().available_permits() < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    let resp = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&resp, "rocket_tiny.png");
+}
+
+/// A flood of oversize bodies is refused (413) without holding back a good request sent
+/// among them.
+#[tokio::test]
+async fn a_flood_of_oversize_bodies_does_not_stall_a_good_request() {
+    let limit = 32 * 1024;
+    let (addr, _) = start(Config {
+        max_body_bytes: limit,
+        ..Config::default()
+    })
+    .await;
+    let big = vec![0u8; 1024 * 1024];
+    let floods: Vec<_> = (0..24)
+        .map(|i| {
+            let body = big.clone();
+            tokio::spawn(async move {
+                let head = if i % 2 == 0 {
+                    format!(
+                        "POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                } else {
+                    // No declared length: the limit is found while reading.
+                    format!("POST /predict HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n")
+                };
+                let body = if i % 2 == 0 {
+                    body
+                } else {
+                    let mut c = format!("{:x}\r\n", body.len()).into_bytes();
+                    c.extend_from_slice(&body);
+                    c.extend_from_slice(b"\r\n0\r\n\r\n");
+                    c
+                };
+                request_streaming(addr, head, body).await.status
+            })
+        })
+        .collect();
+    let good = request(addr, "POST", "/predict", &[], &fixture("rocket_tiny.png")).await;
+    assert_prediction(&good, "rocket_tiny.png");
+    for f in floods {
+        assert_eq!(f.await.unwrap(), 413);
+    }
 }

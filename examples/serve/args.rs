@@ -21,11 +21,13 @@ pub const DEFAULT_MAX_PIXELS: &str = "50000000";
 
 const ROUTES: &str = "\
 routes: GET / (the page), POST /predict (multipart field \"image\" or the raw body),
-        GET /health, GET /examples/NAME
+        GET /health (liveness), GET /ready (readiness), GET /metrics (Prometheus),
+        GET /examples/NAME
 
 Refused requests get JSON {\"error\"}: 400 an image that does not decode or is over
 --max-pixels, 408 a body slower than --body-timeout-secs, 413 a body over --max-body-bytes,
-503 (with Retry-After) when --workers are busy and --queue is full.
+503 (with Retry-After) while the model loads, when the queue is full or when no worker took
+the request within --queue-timeout-ms, 504 when the inference outlasts --inference-timeout-ms.
 
 exit codes: 0 stopped by Ctrl-C or SIGTERM after the requests in flight, 1 the server failed,
 2 bad arguments, weights, labels or device, or an address it cannot listen on";
@@ -52,12 +54,12 @@ pub struct Args {
           value_parser = at_least::<usize, 1>)]
     pub max_body_bytes: usize,
 
-    /// inferences run at once (each also uses the model's own threads)
+    /// forward passes (batches) run at once (each also uses the model's own threads)
     #[arg(long, value_name = "N", default_value_t = Config::default().workers,
           value_parser = at_least::<usize, 1>)]
     pub workers: usize,
 
-    /// requests that may wait for a worker; more get 503
+    /// requests admitted beyond workers x max-batch; more get 503
     #[arg(long, value_name = "N", default_value_t = Config::default().queue,
           value_parser = at_least::<usize, 0>)]
     pub queue: usize,
@@ -72,6 +74,37 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().body_timeout.as_secs(),
           value_parser = at_least::<u64, 1>)]
     pub body_timeout_secs: u64,
+
+    /// milliseconds a decoded request may wait for a worker; longer gets 503
+    #[arg(long, value_name = "MS", default_value_t = Config::default().queue_timeout.as_millis() as u64,
+          value_parser = at_least::<u64, 1>)]
+    pub queue_timeout_ms: u64,
+
+    /// milliseconds the work on a request (decode, transforms, forward pass) may take; longer
+    /// gets 504
+    #[arg(long, value_name = "MS", default_value_t = Config::default().inference_timeout.as_millis() as u64,
+          value_parser = at_least::<u64, 1>)]
+    pub inference_timeout_ms: u64,
+
+    /// the most requests in one forward pass; 1 turns batching off
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_batch,
+          value_parser = at_least::<usize, 1>)]
+    pub max_batch: usize,
+
+    /// milliseconds the batcher waits after a batch's first request for more to join it
+    #[arg(long, value_name = "MS", default_value_t = Config::default().batch_window.as_millis() as u64,
+          value_parser = at_least::<u64, 0>)]
+    pub batch_window_ms: u64,
+
+    /// milliseconds between SIGTERM (or Ctrl-C), which turns /ready to 503, and the listener
+    /// closing, so that load balancers stop sending first; requests in flight then finish
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
+
+    /// requests decoded at once (default: the number of CPUs)
+    #[arg(long, value_name = "N", default_value_t = Config::default().decoders,
+          value_parser = at_least::<usize, 1>, hide_default_value = true)]
+    pub decoders: usize,
 }
 
 impl Args {
@@ -84,6 +117,11 @@ impl Args {
             max_pixels: self.max_pixels.max_pixels,
             top_k: self.top_k.top_k,
             body_timeout: Duration::from_secs(self.body_timeout_secs),
+            queue_timeout: Duration::from_millis(self.queue_timeout_ms),
+            inference_timeout: Duration::from_millis(self.inference_timeout_ms),
+            max_batch: self.max_batch,
+            decoders: self.decoders,
+            batch_window: Duration::from_millis(self.batch_window_ms),
         }
     }
 }
