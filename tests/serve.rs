@@ -1121,3 +1121,40 @@ async fn a_flood_of_oversize_bodies_does_not_stall_a_good_request() {
         assert_eq!(f.await.unwrap(), 413);
     }
 }
+
+/// A multi-label learner (`tests/fixtures/tfms/multilabel.safetensors`, a fastai
+/// `MultiCategoryBlock` learner exported by `scripts/make_fixtures_tfms.py multilabel`) answers
+/// with every label over its threshold and one probability per class, as `predict --json`
+/// prints it, and the label sets are fastai's own (`multilabel.json`).
+#[tokio::test]
+async fn a_multi_label_learner_answers_with_its_label_set() {
+    let dir = format!("{ROOT}/tests/fixtures/tfms");
+    let learn = Learner::load(format!("{dir}/multilabel.safetensors"), &Device::Cpu).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/multilabel.json")).unwrap())
+            .unwrap();
+    let (addr, _) = serve(AppState::new(Arc::new(learn), Config::default())).await;
+    let images = want["images"].as_array().unwrap();
+    for (i, image) in images.iter().enumerate() {
+        let image = image.as_str().unwrap();
+        let resp = request(
+            addr,
+            "POST",
+            "/predict",
+            &[("Content-Type", "image/png")],
+            &fixture(image),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{image}");
+        let got = resp.json();
+        assert_eq!(got["labels"], want["labels"][i], "{image}");
+        let probs = got["probabilities"].as_array().expect("probabilities");
+        assert_eq!(
+            probs.len(),
+            want["vocab"].as_array().unwrap().len(),
+            "{image}"
+        );
+        assert!(got.get("label").is_none(), "{image}: {got}");
+        assert_eq!(got["top_k"].as_array().unwrap().len(), 3, "{image}");
+    }
+}

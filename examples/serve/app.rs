@@ -778,10 +778,12 @@ fn prepare(learner: &Learner, bytes: &[u8], config: &Config) -> Result<RgbImage,
     })
 }
 
-/// The JSON answer for one prediction: `{label, index, top_k, timing_ms}`. `timing` is that
-/// request's decoding and item transforms plus its batch's forward pass.
+/// The JSON answer for one prediction: `{label, index, top_k, timing_ms}` for a single-label
+/// learner; `{labels, probabilities, top_k, timing_ms}` for a multi-label one (every label over
+/// the threshold, and one probability per class in vocab order, as `predict --json` prints).
+/// `timing` is that request's decoding and item transforms plus its batch's forward pass.
 fn prediction_json(pred: &Prediction, top_k: usize, timing: Duration) -> serde_json::Value {
-    let timing_ms = timing.as_secs_f64() * 1e3;
+    let timing_ms = (timing.as_secs_f64() * 1e6).round() / 1e3;
     let top_k: Vec<_> = pred
         .top_k(top_k)
         .into_iter()
@@ -789,12 +791,22 @@ fn prediction_json(pred: &Prediction, top_k: usize, timing: Duration) -> serde_j
             serde_json::json!({ "label": r.label, "index": r.index, "probability": f32_json(r.probability) })
         })
         .collect();
-    serde_json::json!({
-        "label": pred.label,
-        "index": pred.index,
-        "top_k": top_k,
-        "timing_ms": (timing_ms * 1000.0).round() / 1000.0,
-    })
+    if pred.is_multi_label() {
+        let probabilities: Vec<_> = pred.probabilities.iter().map(|&p| f32_json(p)).collect();
+        serde_json::json!({
+            "labels": pred.labels,
+            "probabilities": probabilities,
+            "top_k": top_k,
+            "timing_ms": timing_ms,
+        })
+    } else {
+        serde_json::json!({
+            "label": pred.label,
+            "index": pred.index,
+            "top_k": top_k,
+            "timing_ms": timing_ms,
+        })
+    }
 }
 
 /// An `f32` as the JSON number with its shortest decimal form (`0.99612325`, not the widened
@@ -931,7 +943,7 @@ fn forward(learner: &Learner, items: &[RgbImage]) -> fastai_infer::Result<Vec<Pr
             .to_vec2::<f32>()?;
         logits
             .iter()
-            .map(|row| Prediction::from_logits(row, learner.vocab()))
+            .map(|row| Prediction::decode(row, learner.vocab(), learner.loss_func()))
             .collect()
     })
 }
