@@ -7,6 +7,7 @@ mod app;
 #[path = "../examples/serve/args.rs"]
 mod args;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -1157,4 +1158,66 @@ async fn a_multi_label_learner_answers_with_its_label_set() {
         assert!(got.get("label").is_none(), "{image}: {got}");
         assert_eq!(got["top_k"].as_array().unwrap().len(), 3, "{image}");
     }
+}
+
+/// Shutdown (SIGTERM in main) turns `/ready` to 503 while the listener is still open, then
+/// closes it and lets the request in flight finish with its answer.
+#[tokio::test]
+async fn shutdown_turns_ready_503_first_then_drains_the_requests_in_flight() {
+    let state = AppState::new(
+        learner(),
+        Config {
+            workers: 1,
+            ..Config::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<()>();
+    let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = app::drain_on(
+        state.clone(),
+        async move {
+            let _ = signal_rx.await;
+        },
+        async move {
+            let _ = hold_rx.await;
+        },
+    );
+    let server = tokio::spawn(
+        axum::serve(listener, app::app(state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+    );
+    // A request in flight: its forward pass is stalled at the gate.
+    let stall = state.inference_gate().clone().write_owned().await;
+    let in_flight = tokio::spawn(async move {
+        request(addr, "POST", "/predict", &[], &fixture("chelsea.png")).await
+    });
+    while state.running().available_permits() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(request(addr, "GET", "/ready", &[], b"").await.status, 200);
+    signal_tx.send(()).unwrap();
+    // Readiness turns 503 while the listener still accepts.
+    loop {
+        let resp = request(addr, "GET", "/ready", &[], b"").await;
+        if resp.status == 503 {
+            assert!(resp.error().contains("shutting down"), "{}", resp.error());
+            break;
+        }
+        assert_eq!(resp.status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(request(addr, "GET", "/health", &[], b"").await.status, 200);
+    // Close the listener, then let the stalled pass finish: the request gets its answer and
+    // the server stops.
+    hold_tx.send(()).unwrap();
+    drop(stall);
+    assert_prediction(&in_flight.await.unwrap(), "chelsea.png");
+    server.await.unwrap().unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
 }

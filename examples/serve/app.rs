@@ -382,6 +382,19 @@ impl AppState {
     }
 }
 
+/// The graceful-shutdown future for `axum::serve`: once `signal` resolves, `/ready` answers
+/// 503; then, once `hold` resolves (main: `--shutdown-delay-ms`, so that load balancers see
+/// the 503 first), the listener closes and the requests in flight finish.
+pub async fn drain_on(
+    state: AppState,
+    signal: impl std::future::Future<Output = ()>,
+    hold: impl std::future::Future<Output = ()>,
+) {
+    signal.await;
+    state.begin_shutdown();
+    hold.await;
+}
+
 /// Runs one forward pass on a synthetic image, so that the first request does not pay for
 /// the model's lazy set-up (workspaces, kernels); the server reports ready only after it.
 pub fn warm_up(learner: &Learner) -> fastai_infer::Result<()> {

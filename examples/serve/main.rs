@@ -70,17 +70,14 @@ async fn main() -> ExitCode {
     };
     let local = listener.local_addr().unwrap_or(args.addr);
     let state = AppState::loading(config.clone());
-    let shutdown = {
-        let state = state.clone();
-        let delay = Duration::from_millis(args.shutdown_delay_ms);
-        async move {
-            shutdown_signal().await;
-            // /ready answers 503 from here on; the listener stays open for `delay` (load
-            // balancers see the 503 and stop sending), then closes; requests in flight finish.
-            state.begin_shutdown();
-            tokio::time::sleep(delay).await;
-        }
-    };
+    // SIGTERM or Ctrl-C: /ready answers 503 at once; the listener stays open
+    // --shutdown-delay-ms longer (load balancers see the 503 and stop sending), then closes;
+    // requests in flight finish.
+    let shutdown = app::drain_on(
+        state.clone(),
+        shutdown_signal(),
+        tokio::time::sleep(Duration::from_millis(args.shutdown_delay_ms)),
+    );
     let server = tokio::spawn(
         axum::serve(listener, app::app(state.clone()))
             .with_graceful_shutdown(shutdown)
