@@ -24,7 +24,9 @@
 //! strings in class-index order) and the preprocessing recipe under `"fastai_infer.recipe"`
 //! (see [`crate::recipe`] for the format). A `.pth` carries neither.
 
+mod pickle;
 mod pth;
+mod torchzip;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -75,14 +77,6 @@ fn kind_of_st(dtype: Dtype) -> Kind {
         Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::U32 | Dtype::U64 => {
             Kind::Int
         }
-        _ => Kind::Other,
-    }
-}
-
-fn kind_of_candle(dtype: DType) -> Kind {
-    match dtype {
-        DType::F32 | DType::F16 | DType::BF16 => Kind::Float,
-        DType::I64 | DType::I32 | DType::I16 | DType::U8 | DType::U32 => Kind::Int,
         _ => Kind::Other,
     }
 }
@@ -190,7 +184,9 @@ impl FastaiWeights {
         let is_pth = sniff(path, &mut file)?;
         let mmap;
         let (source, mut metadata, format) = if is_pth {
-            let p = pth::Pth::open(path).map_err(|e| st_err(path, e))?;
+            // The same handle, read once: never reopened by path.
+            let len = file.metadata().map_err(io_err)?.len();
+            let p = pth::Pth::open(file, len).map_err(|e| st_err(path, e))?;
             let format = if p.layout == "state_dict" {
                 ".pth (state_dict)"
             } else {
@@ -220,11 +216,7 @@ impl FastaiWeights {
                     )
                 })
                 .collect(),
-            Source::Pth(p) => p
-                .header()
-                .into_iter()
-                .map(|(k, (d, shape))| (k, (kind_of_candle(d), format!("{d:?}"), shape)))
-                .collect(),
+            Source::Pth(p) => p.header(),
         };
         let config = match config {
             Some(c) => {
