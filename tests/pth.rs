@@ -40,8 +40,7 @@ const LEARNERS: [(&str, &str); 4] = [
 /// fastai's `learn.predict` for one file and image: (label, index, probabilities).
 fn fastai_prediction(file: &str, image: &str) -> (String, usize, Vec<f32>) {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(pth("predictions.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(pth("predictions.json")).unwrap()).unwrap();
     let row = v["files"][file]
         .as_array()
         .unwrap_or_else(|| panic!("no predictions for {file}"))
@@ -63,8 +62,7 @@ fn fastai_prediction(file: &str, image: &str) -> (String, usize, Vec<f32>) {
 
 fn images() -> Vec<String> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(pth("predictions.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(pth("predictions.json")).unwrap()).unwrap();
     v["images"]
         .as_array()
         .unwrap()
@@ -112,7 +110,10 @@ fn real_learn_save_files_load_in_both_layouts() {
                 .to_string()
         );
         assert_eq!(w.tensors().len(), 30, "{name}");
-        assert!(w.vocab().unwrap().is_none(), "{name}: a .pth carries no vocab");
+        assert!(
+            w.vocab().unwrap().is_none(),
+            "{name}: a .pth carries no vocab"
+        );
     }
 }
 
@@ -125,7 +126,10 @@ fn the_bf16_body_file_holds_the_f32_files_values_rounded() {
     for (k, t) in f32s.tensors() {
         let got = &bf16.tensors()[k];
         let want = if k.starts_with("0.") {
-            t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
         } else {
             t.clone()
         };
@@ -172,18 +176,18 @@ fn the_predict_command_gives_fastais_answers_for_a_learn_save_file() {
         .map(|i| common::fixtures().join("images").join(i))
         .collect();
     for name in ["model.pth", "plain_bf16_body.pth"] {
-        let mut argv: Vec<OsString> = ["predict", "--json", "--weights"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let mut argv: Vec<OsString> = ["--json", "--weights"].iter().map(OsString::from).collect();
         argv.push(pth(name).into());
         argv.push("--labels".into());
         argv.push(labels().into());
         argv.extend(images.iter().map(OsString::from));
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = cli::run(argv, &mut out, &mut err, false);
-        let (out, err) = (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap());
-        assert_eq!(code, cli::EXIT_OK, "{name}: {err}");
+        let (out, err) = (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        );
+        assert_eq!(code, cli::EXIT_OK, "{name}: {err} {out}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), images.len(), "{out}");
         for (line, path) in lines.iter().zip(&images) {
@@ -224,7 +228,14 @@ fn convert_writes_a_safetensors_file_that_predicts_what_fastai_predicted() {
         let learn = Learner::load(&out, &Device::Cpu).unwrap();
         assert_eq!(
             learn.vocab().labels(),
-            ["astronaut", "camera", "chelsea", "coffee", "horse", "rocket"]
+            [
+                "astronaut",
+                "camera",
+                "chelsea",
+                "coffee",
+                "horse",
+                "rocket"
+            ]
         );
         for image in images() {
             let p = learn

@@ -176,7 +176,10 @@ fn misplaced_class(p: &Pickle, opt: Option<Id>) -> Option<String> {
 fn as_usize(p: &Pickle, id: Id, what: &str) -> Result<u64, String> {
     match p.int(id) {
         Some(v) if v >= 0 => Ok(v as u64),
-        _ => Err(format!("{what} is {}, not a non-negative int", p.describe(id))),
+        _ => Err(format!(
+            "{what} is {}, not a non-negative int",
+            p.describe(id)
+        )),
     }
 }
 
@@ -205,7 +208,11 @@ fn storage(p: &Pickle, id: Id) -> Result<(Dtype, String, u64), String> {
             let key = p
                 .str(key)
                 .ok_or_else(|| "its storage key is not a string".to_string())?;
-            Ok((dtype, key.to_string(), as_usize(p, numel, "its storage size")?))
+            Ok((
+                dtype,
+                key.to_string(),
+                as_usize(p, numel, "its storage size")?,
+            ))
         }
         _ => Err("its persistent id is not torch's ('storage', ...) tuple".into()),
     }
@@ -226,9 +233,7 @@ fn tensor_args(p: &Pickle, id: Id) -> Result<Id, String> {
                 None => break,
             },
             Some(("torch._tensor", "_rebuild_from_type_v2")) => match args {
-                [f, _, a, ..]
-                    if p.global(*f) == Some(("torch._utils", "_rebuild_tensor_v2")) =>
-                {
+                [f, _, a, ..] if p.global(*f) == Some(("torch._utils", "_rebuild_tensor_v2")) => {
                     return Ok(*a)
                 }
                 _ => break,
@@ -236,7 +241,10 @@ fn tensor_args(p: &Pickle, id: Id) -> Result<Id, String> {
             _ => return Err(format!("{}, not a tensor", p.describe(id))),
         }
     }
-    Err(format!("{}, not a tensor torch.save writes", p.describe(id)))
+    Err(format!(
+        "{}, not a tensor torch.save writes",
+        p.describe(id)
+    ))
 }
 
 impl Pth {
@@ -268,8 +276,8 @@ impl Pth {
             }
         }
         let data = archive.read_entry(&pkl, pickle::MAX_PICKLE_BYTES)?;
-        let p = pickle::parse(&data, &|m, c| tensor_class(m, c) || opt_class(m, c)).map_err(
-            |e| {
+        let p =
+            pickle::parse(&data, &|m, c| tensor_class(m, c) || opt_class(m, c)).map_err(|e| {
                 if e.contains("Python class fastai.") {
                     format!(
                         "{e} (a learn.export() file is a pickle of the whole Learner: convert \
@@ -278,8 +286,7 @@ impl Pth {
                 } else {
                     e
                 }
-            },
-        )?;
+            })?;
         drop(data);
         let Some(entries) = p.dict(p.root) else {
             return Err(format!(
@@ -318,7 +325,10 @@ impl Pth {
         let (mut tensor_bytes, mut storage_bytes) = (0u64, 0u64);
         for &(k, v) in p.dict(sd).unwrap_or(&[]) {
             let key = p.str(k).ok_or_else(|| {
-                format!("the state_dict has a key that is {}, not a str", p.describe(k))
+                format!(
+                    "the state_dict has a key that is {}, not a str",
+                    p.describe(k)
+                )
             })?;
             let info = Self::check_tensor(&p, &archive, prefix, v, &mut storages)
                 .map_err(|e| format!("tensor {key}: {e}"))?;

@@ -95,7 +95,10 @@ impl Archive {
             dir_size = u64_at(&z, 40).ok_or_else(bad)?;
             dir_offset = u64_at(&z, 48).ok_or_else(bad)?;
         }
-        if dir_offset.checked_add(dir_size).is_none_or(|e| e > eocd_pos) {
+        if dir_offset
+            .checked_add(dir_size)
+            .is_none_or(|e| e > eocd_pos)
+        {
             return Err(format!(
                 "{TRUNCATED}: its directory ({dir_size} bytes at offset {dir_offset}) does not \
                  fit in the file"
@@ -133,7 +136,9 @@ impl Archive {
             let extra_at = name_at + name_len;
             let next = extra_at + extra_len + comment_len;
             if next > dir.len() {
-                return Err(format!("{TRUNCATED}: a directory entry runs past the directory"));
+                return Err(format!(
+                    "{TRUNCATED}: a directory entry runs past the directory"
+                ));
             }
             let name = std::str::from_utf8(&dir[name_at..extra_at])
                 .map_err(|_| "a zip entry whose name is not UTF-8".to_string())?
