@@ -370,6 +370,23 @@ fn write_fuzz_seeds() {
         tiny::bytes_of(&f16, Some(tiny::metadata())),
     )
     .unwrap();
+    // .pth files: the tiny model in torch's layout (f32; bf16 and transposed), the small
+    // fixture files made by fastai, and a few crafted ones.
+    std::fs::write(weights.join("tiny.pth"), tiny_pth(DType::F32, false)).unwrap();
+    std::fs::write(
+        weights.join("tiny_bf16_transposed.pth"),
+        tiny_pth(DType::BF16, true),
+    )
+    .unwrap();
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+    for name in ["not_a_learner.pth", "with_object.pth", "head_only.pth"] {
+        std::fs::copy(pth.join(name), weights.join(name)).unwrap();
+    }
+    for (name, bytes, _) in hostile_pth() {
+        if bytes.len() < 4096 {
+            std::fs::write(weights.join(name), bytes).unwrap();
+        }
+    }
     // Images: three parameter bytes (item size, batch size, val_xtra), then the file.
     let images = root.join("decode_transforms");
     std::fs::create_dir_all(&images).unwrap();
@@ -514,7 +531,8 @@ impl Pk {
         }
         self.op(b"t")
     }
-    /// `_rebuild_tensor_v2(storage(key, numel), offset, shape, stride, False, OrderedDict())`.
+    /// `_rebuild_tensor_v2(storage(key, numel), offset, shape, stride, False, OrderedDict())`
+    /// over a `torch.FloatStorage`.
     fn tensor(
         &mut self,
         key: &str,
@@ -523,9 +541,21 @@ impl Pk {
         shape: &[u64],
         stride: &[u64],
     ) -> &mut Pk {
+        self.tensor_of("FloatStorage", key, numel, offset, shape, stride)
+    }
+    /// The same over a `torch.<class>`.
+    fn tensor_of(
+        &mut self,
+        class: &str,
+        key: &str,
+        numel: u64,
+        offset: u64,
+        shape: &[u64],
+        stride: &[u64],
+    ) -> &mut Pk {
         self.global("torch._utils", "_rebuild_tensor_v2").op(b"((");
         self.str("storage")
-            .global("torch", "FloatStorage")
+            .global("torch", class)
             .str(key)
             .str("cpu");
         self.int(numel)
@@ -797,5 +827,102 @@ fn hostile_pth_files_are_refused_in_process_too() {
         let p = write(&dir, name, &bytes);
         let reason = invalid(&p);
         assert!(reason.contains(says), "{name}: {reason}");
+    }
+}
+
+/// The tiny model as a torch `.pth` state_dict (`torch.save`'s layout, each tensor over its own
+/// storage): floats as `float` (F32, F16 or BF16), counters as I64; with `transposed`, every
+/// 2-D float tensor is stored the way a transposed view is (the storage holds `W^T`, the
+/// tensor has strides `(1, rows)`).
+fn tiny_pth(float: DType, transposed: bool) -> Vec<u8> {
+    let mut p = Pk::new();
+    p.ordered_dict().op(b"(");
+    let mut storages = Vec::new();
+    for (i, (key, t)) in tiny::tensors().into_iter().enumerate() {
+        let shape: Vec<u64> = t.dims().iter().map(|&d| d as u64).collect();
+        let n: u64 = shape.iter().product();
+        let is_float = t.dtype() == DType::F32;
+        let t = if is_float {
+            t.to_dtype(float).unwrap()
+        } else {
+            t
+        };
+        let class = match t.dtype() {
+            DType::F32 => "FloatStorage",
+            DType::F16 => "HalfStorage",
+            DType::BF16 => "BFloat16Storage",
+            _ => "LongStorage",
+        };
+        let (stored, stride) = if transposed && is_float && shape.len() == 2 {
+            (t.t().unwrap().contiguous().unwrap(), vec![1, shape[0]])
+        } else {
+            let mut stride = vec![1u64; shape.len()];
+            for d in (0..shape.len().saturating_sub(1)).rev() {
+                stride[d] = stride[d + 1] * shape[d + 1];
+            }
+            (t, stride)
+        };
+        let k = i.to_string();
+        p.str(&key).tensor_of(class, &k, n, 0, &shape, &stride);
+        storages.push((k, safetensors::View::data(&stored).into_owned()));
+    }
+    let pickle = p.op(b"u").stop();
+    let refs: Vec<(&str, Vec<u8>)> = storages
+        .iter()
+        .map(|(k, d)| (k.as_str(), d.clone()))
+        .collect();
+    torch_zip(&pickle, &refs)
+}
+
+#[test]
+fn a_pth_with_strided_and_half_tensors_loads_the_stored_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = fastai_infer::Recipe::from_json(tiny::RECIPE).unwrap();
+    let want: std::collections::HashMap<String, Tensor> = tiny::tensors().into_iter().collect();
+    let img = image::RgbImage::from_fn(13, 9, |x, y| image::Rgb([x as u8 * 9, y as u8 * 20, 77]));
+    let reference = Learner::load(
+        write(&dir, "tiny.safetensors", &tiny::bytes()),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .predict(&img)
+    .unwrap();
+    for float in [DType::F32, DType::F16, DType::BF16] {
+        for transposed in [false, true] {
+            let p = write(&dir, "tiny.pth", &tiny_pth(float, transposed));
+            let w = FastaiWeights::load_with_recipe(&p, &recipe, &Device::Cpu).unwrap();
+            assert_eq!(w.format(), ".pth (state_dict)");
+            assert_eq!(w.config(), &tiny::config());
+            for (k, t) in w.tensors() {
+                let t0 = &want[k];
+                if t0.dtype() == DType::I64 {
+                    assert_eq!(
+                        t.flatten_all().unwrap().to_vec1::<i64>().unwrap(),
+                        t0.flatten_all().unwrap().to_vec1::<i64>().unwrap()
+                    );
+                    continue;
+                }
+                let rounded = t0.to_dtype(float).unwrap().to_dtype(DType::F32).unwrap();
+                let d = (t - &rounded)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(d, 0.0, "{float:?} transposed={transposed} {k}");
+            }
+            if float == DType::F32 {
+                let vocab = fastai_infer::Vocab::new(vec!["cat".into(), "dog".into()]);
+                let got = Learner::from_weights(&w, vocab)
+                    .unwrap()
+                    .predict(&img)
+                    .unwrap();
+                assert_eq!(got.probabilities, reference.probabilities);
+            }
+        }
     }
 }
