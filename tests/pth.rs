@@ -4,6 +4,8 @@
 //! (several phases), after `freeze()`, and with `with_opt=False` and a bf16 body; each one
 //! loaded by the library, by `predict` and by `convert`, against fastai's own predictions
 //! (`predictions.json`). Then the errors for pickles that are not a fastai learner's.
+// predict and convert each include the examples' shared `common` module.
+#![allow(clippy::duplicate_mod)]
 
 mod common;
 

@@ -359,7 +359,7 @@ impl Parser<'_> {
     }
 
     fn set_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err("SETITEMS with an odd number of objects");
         }
         self.grow(target, &items)?;
@@ -559,7 +559,7 @@ impl Parser<'_> {
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         return self.err("DICT with an odd number of objects");
                     }
                     let kv = items.chunks_exact(2).map(|c| (c[0], c[1])).collect();

@@ -158,7 +158,7 @@ fn misplaced_class(p: &Pickle, opt: Option<Id>) -> Option<String> {
         }
         *s |= bit;
         if let Some((m, c)) = p.global(id) {
-            if !tensor_class(m, c) && !(in_opt && opt_class(m, c)) {
+            if !(tensor_class(m, c) || (in_opt && opt_class(m, c))) {
                 return Some(format!("{m}.{c}"));
             }
         }
