@@ -835,7 +835,35 @@ fn hostile_pth_files_are_refused_in_process_too() {
 /// 2-D float tensor is stored the way a transposed view is (the storage holds `W^T`, the
 /// tensor has strides `(1, rows)`).
 fn tiny_pth(float: DType, transposed: bool) -> Vec<u8> {
+    tiny_pth_with(float, transposed, None)
+}
+
+/// fastai's optimizer state as `fit_one_cycle` leaves it: `{'state': [], 'hypers':
+/// L([{'lr': np.float64(...)}])}`, the numpy scalar pickled through `<numpy>.scalar`,
+/// `numpy.dtype` and `_codecs.encode`.
+fn fastai_opt(p: &mut Pk, numpy: &str) {
+    p.op(b"}(").str("state").op(b"]").str("hypers");
+    p.global("fastcore.foundation", "L").op(b")\x81");
+    p.op(b"}(").str("items").op(b"](}(").str("lr");
+    p.global(numpy, "scalar").global("numpy", "dtype");
+    p.op(b"(").str("f8").op(&[0x89, 0x88]).op(b"tR");
+    p.op(b"(K\x03")
+        .str("<")
+        .op(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
+    p.global("_codecs", "encode")
+        .str("abcdefgh")
+        .str("latin1")
+        .op(b"\x86R");
+    p.op(b"\x86R").op(b"ueub").op(b"u");
+}
+
+/// [`tiny_pth`], as `{'model': state_dict, 'opt': fastai_opt}` when `opt` names numpy's
+/// multiarray module.
+fn tiny_pth_with(float: DType, transposed: bool, opt: Option<&str>) -> Vec<u8> {
     let mut p = Pk::new();
+    if opt.is_some() {
+        p.op(b"}(").str("model");
+    }
     p.ordered_dict().op(b"(");
     let mut storages = Vec::new();
     for (i, (key, t)) in tiny::tensors().into_iter().enumerate() {
@@ -866,12 +894,49 @@ fn tiny_pth(float: DType, transposed: bool) -> Vec<u8> {
         p.str(&key).tensor_of(class, &k, n, 0, &shape, &stride);
         storages.push((k, safetensors::View::data(&stored).into_owned()));
     }
-    let pickle = p.op(b"u").stop();
+    p.op(b"u");
+    if let Some(numpy) = opt {
+        p.str("opt");
+        fastai_opt(&mut p, numpy);
+        p.op(b"u");
+    }
+    let pickle = p.stop();
     let refs: Vec<(&str, Vec<u8>)> = storages
         .iter()
         .map(|(k, d)| (k.as_str(), d.clone()))
         .collect();
     torch_zip(&pickle, &refs)
+}
+
+#[test]
+fn numpy_scalars_in_fastais_optimizer_state_are_read_as_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = fastai_infer::Recipe::from_json(tiny::RECIPE).unwrap();
+    // numpy >= 2 pickles its scalars as numpy._core.multiarray.scalar, numpy 1 as numpy.core.
+    for numpy in ["numpy._core.multiarray", "numpy.core.multiarray"] {
+        let p = write(
+            &dir,
+            "opt.pth",
+            &tiny_pth_with(DType::F32, false, Some(numpy)),
+        );
+        let w = FastaiWeights::load_with_recipe(&p, &recipe, &Device::Cpu).unwrap();
+        assert_eq!(w.format(), ".pth ({'model': state_dict, 'opt': ...})");
+        assert_eq!(w.config(), &tiny::config());
+    }
+    // Any other module's `scalar` is refused by name.
+    let p = write(
+        &dir,
+        "opt.pth",
+        &tiny_pth_with(DType::F32, false, Some("numpy.evil")),
+    );
+    assert!(invalid(&p).contains("the Python class numpy.evil.scalar"));
+    // A fastai export.pkl is a pickle of the whole Learner: refused with a hint.
+    let mut export = Pk::new();
+    export.global("fastai.learner", "Learner").op(b")\x81");
+    let p = write(&dir, "export.pkl", &torch_zip(&export.stop(), &[]));
+    let reason = invalid(&p);
+    assert!(reason.contains("fastai.learner.Learner"), "{reason}");
+    assert!(reason.contains("scripts/export_fastai.py"), "{reason}");
 }
 
 #[test]
