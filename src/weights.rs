@@ -17,7 +17,12 @@
 //! The format is recognised by the file's first bytes, whatever its name: a zip archive is a
 //! `.pth` (the plain state_dict of `learn.save(..., with_opt=False)` or the
 //! `{'model': ..., 'opt': ...}` of the default `learn.save`), anything else must be
-//! safetensors.
+//! safetensors. A `.pth` is read through the one opened handle by the crate's own zip and
+//! pickle readers, which execute nothing and bound every size, count and depth before
+//! allocating: the pickle may name only tensor classes, plus, inside `'opt'` (never read),
+//! fastcore's `L` and the numpy scalars `fit_one_cycle` leaves there; storages are checked
+//! against their zip entries and tensors against their storages ([`Error::InvalidWeights`]
+//! otherwise; ROBUSTNESS.md lists every limit).
 //!
 //! # Metadata
 //! A safetensors header's `__metadata__` may hold the vocab under `"vocab"` (a JSON array of
