@@ -138,9 +138,7 @@ impl Learner {
             .num_threads(threads)
             .thread_name(|i| format!("fastai-infer-{i}"))
             .build()
-            .map_err(|e| {
-                Error::InvalidArgument(format!("with_num_threads({threads}): {e}"))
-            })?;
+            .map_err(|e| Error::InvalidArgument(format!("with_num_threads({threads}): {e}")))?;
         Ok(self.with_thread_pool(Arc::new(pool)))
     }
 

@@ -131,11 +131,9 @@ fn child_measure() {
     let again = learn.logits(&one).unwrap().to_vec2::<f32>().unwrap();
     report("batch1_after_64");
     let bits = |v: &[Vec<f32>]| -> Vec<u32> { v[0].iter().map(|x| x.to_bits()).collect() };
-    let digest: u64 = bits(&first)
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let digest: u64 = bits(&first).iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     println!("LOGITS {which} {digest:016x}");
     assert_eq!(
         bits(&first),

@@ -27,9 +27,9 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 pub use convnext::ConvNeXt;
+pub use cpu::kernels::Simd;
 pub use head::{FastaiHead, HeadOptions};
 pub use resnet::ResNet;
-pub use cpu::kernels::Simd;
 pub use vit::VisionTransformer;
 
 use crate::error::{Error, Result};

@@ -382,10 +382,8 @@ impl PatchEmbed {
         let p = cfg.patch_size;
         let vb = vb.pp("proj");
         let w = vb.get((cfg.embed_dim, cfg.in_chans, p, p), "weight")?;
-        let weight = LinearWeight::from_out_in(
-            w.reshape((cfg.embed_dim, cfg.in_chans * p * p))?,
-            level,
-        )?;
+        let weight =
+            LinearWeight::from_out_in(w.reshape((cfg.embed_dim, cfg.in_chans * p * p))?, level)?;
         let bias = vb.get(cfg.embed_dim, "bias")?;
         Ok(PatchEmbed {
             weight,

@@ -214,7 +214,9 @@ impl std::fmt::Debug for WorkspacePool {
 
 impl WorkspacePool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A workspace for a pass whose large buffers need `need` floats (the best-fitting idle
@@ -229,7 +231,10 @@ impl WorkspacePool {
             .enumerate()
             .min_by_key(|(_, w)| {
                 let have = w.floats();
-                (have < need, if have < need { usize::MAX - have } else { have })
+                (
+                    have < need,
+                    if have < need { usize::MAX - have } else { have },
+                )
             })
             .map(|(i, _)| i);
         let ws = best.map(|i| st.idle.swap_remove(i)).unwrap_or_default();
@@ -373,10 +378,16 @@ pub(crate) fn vit_forward(
             return Ok(None);
         };
         block_idx.push(BlockIdx {
-            norm1: (push(&mut tensors, b.norm1.weight()), push(&mut tensors, n1b)),
+            norm1: (
+                push(&mut tensors, b.norm1.weight()),
+                push(&mut tensors, n1b),
+            ),
             qkv: LinIdx::new(&mut tensors, &b.attn.qkv.weight, qkv_b),
             proj: LinIdx::new(&mut tensors, &b.attn.proj.weight, proj_b),
-            norm2: (push(&mut tensors, b.norm2.weight()), push(&mut tensors, n2b)),
+            norm2: (
+                push(&mut tensors, b.norm2.weight()),
+                push(&mut tensors, n2b),
+            ),
             fc1: LinIdx::new(&mut tensors, &b.mlp.fc1.weight, fc1_b),
             fc2: LinIdx::new(&mut tensors, &b.mlp.fc2.weight, fc2_b),
         });
@@ -534,64 +545,64 @@ fn run(
     };
 
     let task = |stage: usize, c: usize| {
-            let start = std::time::Instant::now();
-            // SAFETY: task `c` is the only one using scratch `c`.
-            let mut sc = unsafe { scratch.range_mut(c..c + 1) };
-            let sc = &mut sc[0];
-            sc.kv_image = None;
-            if stage == layers && stage > 0 {
-                // The last block: only the class tokens reach the output (timm's token
-                // pooling reads `x[:, 0]` after the final norm), and every row is computed
-                // independently of the others given the keys and values, so the other rows'
-                // attention and MLP are skipped. Their keys and values are all read.
-                let blk = &blocks[stage - 1];
-                // SAFETY: this stage writes no `qkv` buffer, and the image groups' rows of
-                // `x` are disjoint.
-                let (cur, mut xg) = unsafe {
-                    let g = (c * per_group).min(batch)..((c + 1) * per_group).min(batch);
-                    (
-                        qkv[(stage - 1) % 2].all(),
-                        xs.range_mut(g.start * n * d..g.end * n * d),
-                    )
-                };
-                for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
-                    let row0 = (c * per_group + j) * n;
-                    let cls = &mut image[..d];
-                    attention_tile(&cur, row0, cls, sc, dm, blk);
-                    mlp_tile(cls, sc, dm, blk);
-                }
-                return;
-            }
-            let (lo, hi) = bounds(c);
-            // SAFETY: during a stage the chunks' rows are disjoint (the bounds change only
-            // between stages), and a stage writes `qkv[stage % 2]` and reads only the other.
-            let (mut xc, mut qc) = unsafe {
+        let start = std::time::Instant::now();
+        // SAFETY: task `c` is the only one using scratch `c`.
+        let mut sc = unsafe { scratch.range_mut(c..c + 1) };
+        let sc = &mut sc[0];
+        sc.kv_image = None;
+        if stage == layers && stage > 0 {
+            // The last block: only the class tokens reach the output (timm's token
+            // pooling reads `x[:, 0]` after the final norm), and every row is computed
+            // independently of the others given the keys and values, so the other rows'
+            // attention and MLP are skipped. Their keys and values are all read.
+            let blk = &blocks[stage - 1];
+            // SAFETY: this stage writes no `qkv` buffer, and the image groups' rows of
+            // `x` are disjoint.
+            let (cur, mut xg) = unsafe {
+                let g = (c * per_group).min(batch)..((c + 1) * per_group).min(batch);
                 (
-                    xs.range_mut(lo * d..hi * d),
-                    qkv[stage % 2].range_mut(lo * 3 * d..hi * 3 * d),
+                    qkv[(stage - 1) % 2].all(),
+                    xs.range_mut(g.start * n * d..g.end * n * d),
                 )
             };
-            if stage == 0 {
-                for_each_tile(lo, &mut xc, &mut qc, sc, tile, d, |row0, xt, qt, sc| {
-                    embed_tile(input, row0, xt, sc, dm, embed);
-                    if let Some(first) = blocks.first() {
-                        norm_qkv_tile(xt, qt, sc, dm, first);
-                    }
-                });
-            } else {
-                let (blk, next_blk) = (&blocks[stage - 1], blocks.get(stage));
-                // SAFETY: see above: nothing writes `qkv[(stage - 1) % 2]` in this stage.
-                let cur = unsafe { qkv[(stage - 1) % 2].all() };
-                for_each_tile(lo, &mut xc, &mut qc, sc, tile, d, |row0, xt, qt, sc| {
-                    attention_tile(&cur, row0, xt, sc, dm, blk);
-                    mlp_tile(xt, sc, dm, blk);
-                    if let Some(nb) = next_blk {
-                        norm_qkv_tile(xt, qt, sc, dm, nb);
-                    }
-                });
+            for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
+                let row0 = (c * per_group + j) * n;
+                let cls = &mut image[..d];
+                attention_tile(&cur, row0, cls, sc, dm, blk);
+                mlp_tile(cls, sc, dm, blk);
             }
-            let mut plan = plan.lock().unwrap_or_else(|e| e.into_inner());
-            plan.1[c] = start.elapsed().as_secs_f64();
+            return;
+        }
+        let (lo, hi) = bounds(c);
+        // SAFETY: during a stage the chunks' rows are disjoint (the bounds change only
+        // between stages), and a stage writes `qkv[stage % 2]` and reads only the other.
+        let (mut xc, mut qc) = unsafe {
+            (
+                xs.range_mut(lo * d..hi * d),
+                qkv[stage % 2].range_mut(lo * 3 * d..hi * 3 * d),
+            )
+        };
+        if stage == 0 {
+            for_each_tile(lo, &mut xc, &mut qc, sc, tile, d, |row0, xt, qt, sc| {
+                embed_tile(input, row0, xt, sc, dm, embed);
+                if let Some(first) = blocks.first() {
+                    norm_qkv_tile(xt, qt, sc, dm, first);
+                }
+            });
+        } else {
+            let (blk, next_blk) = (&blocks[stage - 1], blocks.get(stage));
+            // SAFETY: see above: nothing writes `qkv[(stage - 1) % 2]` in this stage.
+            let cur = unsafe { qkv[(stage - 1) % 2].all() };
+            for_each_tile(lo, &mut xc, &mut qc, sc, tile, d, |row0, xt, qt, sc| {
+                attention_tile(&cur, row0, xt, sc, dm, blk);
+                mlp_tile(xt, sc, dm, blk);
+                if let Some(nb) = next_blk {
+                    norm_qkv_tile(xt, qt, sc, dm, nb);
+                }
+            });
+        }
+        let mut plan = plan.lock().unwrap_or_else(|e| e.into_inner());
+        plan.1[c] = start.elapsed().as_secs_f64();
     };
     run_stages(
         1 + layers,

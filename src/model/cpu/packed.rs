@@ -97,12 +97,7 @@ impl PackedB {
 
     /// Packs the transpose of a PyTorch `nn.Linear` weight `w` (`out x in`, row-major): the
     /// `in x out` matrix the layer multiplies by, without making the transposed copy first.
-    pub(crate) fn from_out_in(
-        w: &[f32],
-        out: usize,
-        inp: usize,
-        layout: Layout,
-    ) -> Option<Self> {
+    pub(crate) fn from_out_in(w: &[f32], out: usize, inp: usize, layout: Layout) -> Option<Self> {
         if w.len() != out * inp {
             return None;
         }
@@ -110,12 +105,7 @@ impl PackedB {
     }
 
     /// A `k x n` matrix packed from `at(row, column)`, written once into its final allocation.
-    fn build(
-        k: usize,
-        n: usize,
-        layout: Layout,
-        at: impl Fn(usize, usize) -> f32,
-    ) -> Option<Self> {
+    fn build(k: usize, n: usize, layout: Layout, at: impl Fn(usize, usize) -> f32) -> Option<Self> {
         let cpu_ok = super::kernels::Simd::detected() >= super::kernels::Simd::Avx2;
         if n == 0 || k == 0 || !n.is_multiple_of(NR) || !cpu_ok {
             return None;
@@ -691,7 +681,8 @@ mod tests {
             .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
             .collect();
         for layout in LAYOUTS {
-            let Some(packed) = PackedB::with_layout(&b, k, n, layout).filter(|_| available()) else {
+            let Some(packed) = PackedB::with_layout(&b, k, n, layout).filter(|_| available())
+            else {
                 eprintln!("skipped: packed kernel test (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
                 return;
             };
@@ -764,7 +755,9 @@ mod tests {
     fn packing_from_out_in_and_unpacking_round_trip() {
         let (out, inp) = (64, 23);
         let w: Vec<f32> = (0..out * inp).map(|i| (i as f32 * 0.37).sin()).collect();
-        let wt: Vec<f32> = (0..inp * out).map(|i| w[(i % out) * inp + i / out]).collect();
+        let wt: Vec<f32> = (0..inp * out)
+            .map(|i| w[(i % out) * inp + i / out])
+            .collect();
         for layout in LAYOUTS {
             let Some(a) = PackedB::from_out_in(&w, out, inp, layout).filter(|_| available()) else {
                 eprintln!("skipped: packing test (this CPU has no AVX2 + FMA)");
@@ -810,7 +803,8 @@ mod tests {
         let b: Vec<f32> = (0..k * n)
             .map(|i| ((i * 13) % 29) as f32 / 7.0 - 2.0)
             .collect();
-        let Some(rows) = PackedB::with_layout(&b, k, n, Layout::Rows32).filter(|_| available()) else {
+        let Some(rows) = PackedB::with_layout(&b, k, n, Layout::Rows32).filter(|_| available())
+        else {
             eprintln!("skipped: packed kernels bit-identity test (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
             return;
         };

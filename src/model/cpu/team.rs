@@ -89,7 +89,10 @@ impl<'a, T> Shared<'a, T> {
             // (checked in debug builds by `register`).
             slice: unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.len()) },
             #[cfg(debug_assertions)]
-            release: Release { live: &self.live, id },
+            release: Release {
+                live: &self.live,
+                id,
+            },
         }
     }
 
@@ -108,7 +111,10 @@ impl<'a, T> Shared<'a, T> {
             // (checked in debug builds by `register`).
             slice: unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
             #[cfg(debug_assertions)]
-            release: Release { live: &self.live, id },
+            release: Release {
+                live: &self.live,
+                id,
+            },
         }
     }
 
@@ -604,7 +610,9 @@ mod tests {
             let spots: Vec<(usize, usize)> = if cfg!(miri) {
                 vec![(1, 0), (1, 2)]
             } else {
-                (0..3).flat_map(|s| (0..tasks).map(move |t| (s, t))).collect()
+                (0..3)
+                    .flat_map(|s| (0..tasks).map(move |t| (s, t)))
+                    .collect()
             };
             for (stage, task) in spots {
                 let after = AtomicUsize::new(0);
@@ -625,7 +633,8 @@ mod tests {
                     })
                     .expect_err("the injected panic");
                 assert!(
-                    err.message().contains(&format!("task {task} of stage {stage}")),
+                    err.message()
+                        .contains(&format!("task {task} of stage {stage}")),
                     "{threads} threads: {err:?}"
                 );
                 assert_eq!(after.load(Ordering::SeqCst), 0, "a later stage ran");
