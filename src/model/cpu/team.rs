@@ -245,9 +245,10 @@ where
         // SAFETY: only the trait object's lifetime bound changes (same pointer, same
         // metadata); `Helper::run` dereferences it only while `_close` keeps `work` alive.
         let erased = unsafe {
-            std::mem::transmute::<_, *const (dyn Fn(usize) + Sync + 'static)>(
-                dyn_work as *const (dyn Fn(usize) + Sync),
-            )
+            std::mem::transmute::<
+                *const (dyn Fn(usize) + Sync + '_),
+                *const (dyn Fn(usize) + Sync + 'static),
+            >(dyn_work)
         };
         for me in 1..tasks {
             let helper = Helper {
