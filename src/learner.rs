@@ -119,7 +119,8 @@ impl Learner {
     /// rayon's global pool: one pool per learner isolates concurrent learners (or keeps them
     /// to a share of the cores), and one pool shared by several caps them together. Several
     /// calls at once on the same learner share its pool: each forward pass takes the threads
-    /// that are free, and the outputs are the same bits whatever the threads.
+    /// that are free, and with the packed kernels (AVX2 or AVX-512, see [`Simd`]) the outputs
+    /// are the same bits whatever the threads.
     pub fn with_thread_pool(mut self, pool: Arc<ThreadPool>) -> Self {
         self.pool = Some(pool);
         self
