@@ -188,13 +188,18 @@ pub(crate) struct Workspace {
     balance: Balance,
 }
 
+/// How much larger than its last pass needed a workspace may stay (32 MiB of floats): below
+/// this, alternating batch sizes keep their buffers (reallocating them costs a page fault per
+/// 4 KiB every time), above it a large batch's buffers are given back.
+const TRIM_SLACK_FLOATS: usize = 8 << 20;
+
 /// Workspaces shared by clones of a model; each concurrent forward pass takes its own, so the
 /// pool holds at most as many as there were simultaneous calls. A workspace for batch `B` holds
 /// about `B * tokens * 7 * embed_dim` floats (34 MB for ViT-tiny at batch 32).
 ///
 /// A pass takes the idle workspace whose buffers fit its batch most closely, and a workspace
-/// more than twice as large as its pass needed (after a large batch) is trimmed to that
-/// pass's size when it comes back, so memory follows the batches being run rather than the
+/// more than twice as large as its pass needed (after a large batch), by more than 32 MiB, is
+/// trimmed to that pass's size when it comes back, so memory follows the batches being run rather than the
 /// largest ever. Idle workspaces beyond the pool's thread count are dropped.
 #[derive(Clone, Default)]
 pub(crate) struct WorkspacePool(Arc<Mutex<PoolState>>);
@@ -242,9 +247,10 @@ impl WorkspacePool {
     }
 
     /// Returns a workspace after a pass that needed `need` floats, trimmed to that if it is
-    /// more than twice as large.
+    /// more than twice as large and more than [`TRIM_SLACK_FLOATS`] larger.
     fn give_back(&self, mut ws: Workspace, need: usize) {
-        if ws.floats() > 2 * need {
+        let have = ws.floats();
+        if have > 2 * need && have - need > TRIM_SLACK_FLOATS {
             ws.trim(need);
         }
         let mut st = self.lock();
