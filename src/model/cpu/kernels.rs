@@ -434,7 +434,7 @@ mod tests {
             );
             assert!(worst(&ours) <= 2.5e-7, "worst {}", worst(&ours));
         } else {
-            eprintln!("skipped: the fused (AVX2 + FMA) GELU's bars (this CPU has no AVX2 + FMA)");
+            eprintln!("skipped: the fused (AVX2 + FMA) GELU's bars (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
         }
         let baseline: Vec<f32> = xs.iter().map(|&x| gelu::<Separate>(x)).collect();
         assert!(
