@@ -57,12 +57,15 @@ pub use decode::{
 pub use device::DeviceSpec;
 pub use error::{Error, KeyProblem, NonFinite, Result};
 pub use learner::Learner;
-pub use model::{Config, FastaiModel};
+pub use model::{Config, FastaiModel, Simd};
 pub use recipe::Recipe;
 pub use weights::FastaiWeights;
 
 /// Re-exported so users can name devices and tensors without adding candle themselves.
 pub use candle_core;
+/// Re-exported so users can build the thread pool [`Learner::with_thread_pool`] takes without
+/// adding rayon themselves.
+pub use rayon;
 
 // The README's Rust example is compiled and run as a doctest, so it cannot go stale.
 #[cfg(doctest)]
