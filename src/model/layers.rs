@@ -167,6 +167,42 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `relu?(conv(x) + residual)`: on a CPU f32 input with groups 1, the fast path
+    /// ([`super::cpu::conv`]: im2col and one blocked matrix product per image, the bias, the
+    /// residual and the ReLU fused), else (or with `fast` false) candle's `conv2d` and one op
+    /// per step, the reference.
+    pub(crate) fn forward_fused(
+        &self,
+        x: &Tensor,
+        relu: bool,
+        residual: Option<&Tensor>,
+        fast: bool,
+    ) -> candle_core::Result<Tensor> {
+        if fast && self.groups == 1 {
+            if let Some(y) = super::cpu::conv::conv2d_fused(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.stride,
+                self.padding,
+                relu,
+                residual,
+            ) {
+                return y;
+            }
+        }
+        let mut y = self.forward(x)?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        if relu {
+            y = y.relu()?;
+        }
+        Ok(y)
+    }
+}
+
 impl Module for Conv2d {
     /// `(B, in, H, W)` to `(B, out, H', W')`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
