@@ -597,6 +597,7 @@ impl ResNet {
 
     /// With the convolutions on candle's `conv2d` (any device), `fast` false, or on the CPU
     /// fast path where it applies (the default): what the tests compare.
+    #[cfg(test)]
     pub(crate) fn with_fast_path(mut self, fast: bool) -> Self {
         self.fast = fast;
         self

@@ -151,7 +151,10 @@ fn one_image(
         );
     }
     match (residual, relu) {
-        (Some(r), true) => out.iter_mut().zip(r).for_each(|(y, &r)| *y = (*y + r).max(0.0)),
+        (Some(r), true) => out
+            .iter_mut()
+            .zip(r)
+            .for_each(|(y, &r)| *y = (*y + r).max(0.0)),
         (Some(r), false) => out.iter_mut().zip(r).for_each(|(y, &r)| *y += r),
         (None, true) => out.iter_mut().for_each(|y| *y = y.max(0.0)),
         (None, false) => {}
@@ -203,14 +206,13 @@ pub(crate) fn conv2d_fused(
     let threads = rayon::current_num_threads().max(1);
     let mut run = |x: &[f32], wt: &[f32], bs: Option<&[f32]>, res: Option<&[f32]>| {
         if b >= threads && threads > 1 {
-            out.par_chunks_mut(out_len).enumerate().for_each_init(
-                Vec::new,
-                |cols, (i, dst)| {
+            out.par_chunks_mut(out_len)
+                .enumerate()
+                .for_each_init(Vec::new, |cols, (i, dst)| {
                     let r = res.map(|r| &r[i * out_len..(i + 1) * out_len]);
                     let xi = &x[i * in_len..(i + 1) * in_len];
                     one_image(xi, &d, wt, bs, r, relu, dst, cols, gemm::Parallelism::None);
-                },
-            );
+                });
         } else {
             let par = if threads > 1 {
                 gemm::Parallelism::Rayon(threads)
@@ -256,7 +258,9 @@ mod tests {
     ) -> Tensor {
         let mut y = x.conv2d(w, p, s, 1, 1).unwrap();
         if let Some(b) = b {
-            y = y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap();
+            y = y
+                .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
+                .unwrap();
         }
         if let Some(r) = r {
             y = (y + r).unwrap();
@@ -330,15 +334,30 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((4, 2, 3, 3), DType::F32, &dev).unwrap();
-        assert!(conv2d_fused(&x, &w, None, 1, 1, false, None).is_none(), "groups 2");
+        assert!(
+            conv2d_fused(&x, &w, None, 1, 1, false, None).is_none(),
+            "groups 2"
+        );
         let w = Tensor::zeros((4, 4, 3, 3), DType::F64, &dev).unwrap();
-        assert!(conv2d_fused(&x, &w, None, 1, 1, false, None).is_none(), "f64 weight");
+        assert!(
+            conv2d_fused(&x, &w, None, 1, 1, false, None).is_none(),
+            "f64 weight"
+        );
         let w = Tensor::zeros((4, 4, 11, 11), DType::F32, &dev).unwrap();
-        assert!(conv2d_fused(&x, &w, None, 1, 1, false, None).is_none(), "kernel > input");
+        assert!(
+            conv2d_fused(&x, &w, None, 1, 1, false, None).is_none(),
+            "kernel > input"
+        );
         let w = Tensor::zeros((4, 4, 3, 3), DType::F32, &dev).unwrap();
         let r = Tensor::zeros((1, 4, 4, 4), DType::F32, &dev).unwrap();
-        assert!(conv2d_fused(&x, &w, None, 1, 1, false, Some(&r)).is_none(), "residual shape");
+        assert!(
+            conv2d_fused(&x, &w, None, 1, 1, false, Some(&r)).is_none(),
+            "residual shape"
+        );
         let xt = x.transpose(2, 3).unwrap();
-        assert!(conv2d_fused(&xt, &w, None, 1, 1, false, None).is_none(), "strided input");
+        assert!(
+            conv2d_fused(&xt, &w, None, 1, 1, false, None).is_none(),
+            "strided input"
+        );
     }
 }
