@@ -82,13 +82,22 @@ fn im2col(x: &[f32], d: &Dims, cols: &mut [f32]) {
                         continue;
                     }
                     let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
-                    for (ox, v) in out.iter_mut().enumerate() {
-                        let ix = (ox * d.s + kx) as isize - d.p as isize;
-                        *v = if ix < 0 || ix >= d.w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    // The columns whose input column `ox·s + kx - p` lies in `[0, w)`.
+                    let lo = (d.p.saturating_sub(kx)).div_ceil(d.s).min(ow);
+                    let hi = if d.w + d.p > kx {
+                        ((d.w + d.p - kx - 1) / d.s + 1).clamp(lo, ow)
+                    } else {
+                        lo
+                    };
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    let first = lo * d.s + kx - d.p;
+                    if d.s == 1 {
+                        out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                    } else {
+                        for (j, v) in out[lo..hi].iter_mut().enumerate() {
+                            *v = src[first + j * d.s];
+                        }
                     }
                 }
             }
