@@ -251,6 +251,74 @@ pub(crate) fn conv2d_fused(
     Some(Tensor::from_vec(out, (b, o, d.oh, d.ow), &Device::Cpu))
 }
 
+/// `gelu(x · weight_t + bias)` for a contiguous f32 CPU `x` `(.., k)`, `weight_t` `(k, m)` and
+/// `bias` `(m)` (ConvNeXt's `fc1` and GELU, `nn.GELU()`'s erf form as
+/// [`super::kernels::gelu`] computes it): one blocked product over all the rows on every
+/// thread, then the bias and the GELU over row chunks in parallel. `None` when it does not
+/// apply; the caller then runs candle's ops.
+pub(crate) fn linear_bias_gelu(
+    x: &Tensor,
+    weight_t: &Tensor,
+    bias: &Tensor,
+) -> Option<candle_core::Result<Tensor>> {
+    let (k, m) = weight_t.dims2().ok()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) || bias.dims() != [m] || k == 0 || m == 0 {
+        return None;
+    }
+    let n = x.elem_count() / k;
+    let mut out = vec![0f32; n * m];
+    let threads = rayon::current_num_threads().max(1);
+    with_host(x, |xs| {
+        with_host(weight_t, |ws| {
+            with_host(bias, |bs| {
+                let par = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                debug_assert!(xs.len() == n * k && ws.len() == k * m && out.len() == n * m);
+                // SAFETY: `out` is `n x m` (row stride m), `xs` `n x k` (row stride k), `ws`
+                // `k x m` (row stride m), as asserted above; `out` is a unique borrow, so
+                // nothing overlaps, and gemm stays within those extents.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        m,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        m as isize,
+                        false,
+                        xs.as_ptr(),
+                        1,
+                        k as isize,
+                        ws.as_ptr(),
+                        1,
+                        m as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+                let rows = n.div_ceil(threads * 4).max(1);
+                out.par_chunks_mut(rows * m)
+                    .for_each(|chunk| super::kernels::bias_gelu_rows(chunk, bs));
+            })
+        })
+    })
+    .flatten()
+    .flatten()?;
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
+    Some(Tensor::from_vec(out, shape, &Device::Cpu))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +402,29 @@ mod tests {
                 let d = rel_diff(&fast, &want);
                 assert!(d <= 1e-5, "shape {:?} batch {batch}: {d}", shapes[i]);
             }
+        }
+    }
+
+    /// `fc1` + GELU against candle's `broadcast_matmul`, bias and `gelu_erf`, on ConvNeXt
+    /// tiny's first-stage shape (3136 rows of 96 to 384) and an odd one.
+    #[test]
+    fn linear_bias_gelu_matches_candle() {
+        let dev = Device::Cpu;
+        for (n, k, m) in [(3136, 96, 384), (7, 5, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let w = (Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap() * (1.0 / (k as f64).sqrt()))
+                .unwrap();
+            let b = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+            let want = x
+                .broadcast_matmul(&w)
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap()
+                .gelu_erf()
+                .unwrap();
+            let got = linear_bias_gelu(&x, &w, &b).unwrap().unwrap();
+            let d = rel_diff(&got, &want);
+            assert!(d <= 1e-5, "{n}x{k}x{m}: {d}");
         }
     }
 
