@@ -3,12 +3,17 @@
 //! bias as the product's starting value, then the residual sum and the ReLU in one pass over
 //! the output while it is in cache.
 //!
-//! Arithmetic: output channel `o` at `(y, x)` is `bias[o] + Σ w[o, c, ky, kx] · x[c, y·s + ky
-//! - p, x·s + kx - p]` over the `(c, ky, kx)` taken in that order (the weight's own row-major
-//! order), the padding read as zeros; the same function as candle's `conv2d` (the reference
-//! path, every device), which the tests hold this one to within 1e-5 relative. A 1x1
-//! stride-1 unpadded convolution reads the input as the product's right-hand side directly,
-//! with no copy.
+//! Arithmetic: output channel `o` at `(y, x)` is
+//! `bias[o] + Σ w[o, c, ky, kx] · x[c, y·s + ky - p, x·s + kx - p]` over the `(c, ky, kx)` taken
+//! in that order (the weight's own row-major order), the padding read as zeros; the same
+//! function as candle's `conv2d` (the reference path, every device), which the tests hold this
+//! one to within 1e-5 relative. A 1x1 stride-1 unpadded convolution reads the input as the
+//! product's right-hand side directly, with no copy. ResNet's BatchNorms are folded into the
+//! convolutions at load ([`crate::model::layers::Conv2d`]), so each block is two (or three)
+//! calls here, the last one taking the shortcut.
+//!
+//! Also here: ConvNeXt's `fc1` and GELU ([`linear_bias_gelu`]), one product and a parallel
+//! fused bias + GELU instead of candle's single-threaded elementwise `gelu_erf`.
 //!
 //! Threads: a batch with at least one image per thread runs one image per task (each task its
 //! own im2col buffer, the products single-threaded); a smaller batch runs its images in turn
@@ -238,7 +243,10 @@ pub(crate) fn conv2d_fused(
     };
     with_host(x, |xs| {
         with_host(weight, |ws| match (bias, residual) {
-            (None, None) => Some(run(xs, ws, None, None)),
+            (None, None) => {
+                run(xs, ws, None, None);
+                Some(())
+            }
             (Some(bt), None) => with_host(bt, |bs| run(xs, ws, Some(bs), None)),
             (None, Some(rt)) => with_host(rt, |rs| run(xs, ws, None, Some(rs))),
             (Some(bt), Some(rt)) => {
