@@ -532,12 +532,7 @@ impl Module for ConvNeXtBlock {
         let y = self.conv_dw.forward(x)?.reshape((b * h * w, c))?;
         let y = self.norm.forward(&y)?;
         let y = self.mlp.fc1.forward_gelu(&y)?;
-        let y = self.mlp.fc2.forward(&y)?;
-        let y = match &self.gamma {
-            Some(g) => y.broadcast_mul(g)?,
-            None => y,
-        };
-        y.reshape((b, h, w, c))? + x
+        self.mlp.fc2.forward_scale_add(&y, self.gamma.as_ref(), x)
     }
 }
 

@@ -54,6 +54,30 @@ impl Linear {
         self.forward(x)?.gelu_erf()
     }
 
+    /// `residual + self(x) * gamma` (or `residual + self(x)`), the output reshaped as
+    /// `residual`: on the CPU one product and a parallel fused epilogue
+    /// ([`super::cpu::conv::linear_bias_scale_add`]); else candle's ops in that order.
+    pub(crate) fn forward_scale_add(
+        &self,
+        x: &Tensor,
+        gamma: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(b) = &self.bias {
+            if let Some(y) =
+                super::cpu::conv::linear_bias_scale_add(x, &self.weight_t, b, gamma, residual)
+            {
+                return y?.reshape(residual.shape());
+            }
+        }
+        let y = self.forward(x)?;
+        let y = match gamma {
+            Some(g) => y.broadcast_mul(g)?,
+            None => y,
+        };
+        y.reshape(residual.shape())? + residual
+    }
+
     /// The device the weight lives on.
     pub(crate) fn device(&self) -> &candle_core::Device {
         self.weight_t.device()

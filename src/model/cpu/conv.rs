@@ -259,6 +259,69 @@ pub(crate) fn conv2d_fused(
     Some(Tensor::from_vec(out, (b, o, d.oh, d.ow), &Device::Cpu))
 }
 
+/// `x · weight_t` for `x` `n x k` and `weight_t` `k x m` (row-major), on every thread.
+fn matmul_rows(xs: &[f32], ws: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * m];
+    let threads = rayon::current_num_threads().max(1);
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    assert!(xs.len() == n * k && ws.len() == k * m);
+    // SAFETY: `out` is `n x m` (row stride m), `xs` `n x k` (row stride k), `ws` `k x m` (row
+    // stride m), as asserted above; `out` is a fresh allocation, so nothing overlaps, and gemm
+    // stays within those extents.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            out.as_mut_ptr(),
+            1,
+            m as isize,
+            false,
+            xs.as_ptr(),
+            1,
+            k as isize,
+            ws.as_ptr(),
+            1,
+            m as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    out
+}
+
+/// Rows per parallel chunk of an elementwise pass over `n` rows.
+fn chunk_rows(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1)
+}
+
+/// The sizes of `x · weight_t` when `x` `(.., k)` and `weight_t` `(k, m)` fit: `(n, k, m)` and
+/// the output's shape.
+fn linear_dims(
+    x: &Tensor,
+    weight_t: &Tensor,
+    bias: &Tensor,
+) -> Option<(usize, usize, usize, Vec<usize>)> {
+    let (k, m) = weight_t.dims2().ok()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) || bias.dims() != [m] || k == 0 || m == 0 {
+        return None;
+    }
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
+    Some((x.elem_count() / k, k, m, shape))
+}
+
 /// `gelu(x · weight_t + bias)` for a contiguous f32 CPU `x` `(.., k)`, `weight_t` `(k, m)` and
 /// `bias` `(m)` (ConvNeXt's `fc1` and GELU, `nn.GELU()`'s erf form as
 /// [`super::kernels::gelu`] computes it): one blocked product over all the rows on every
@@ -269,61 +332,76 @@ pub(crate) fn linear_bias_gelu(
     weight_t: &Tensor,
     bias: &Tensor,
 ) -> Option<candle_core::Result<Tensor>> {
-    let (k, m) = weight_t.dims2().ok()?;
-    let dims = x.dims();
-    if dims.last() != Some(&k) || bias.dims() != [m] || k == 0 || m == 0 {
-        return None;
-    }
-    let n = x.elem_count() / k;
-    let mut out = vec![0f32; n * m];
-    let threads = rayon::current_num_threads().max(1);
-    with_host(x, |xs| {
+    let (n, k, m, shape) = linear_dims(x, weight_t, bias)?;
+    let out = with_host(x, |xs| {
         with_host(weight_t, |ws| {
             with_host(bias, |bs| {
-                let par = if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                };
-                debug_assert!(xs.len() == n * k && ws.len() == k * m && out.len() == n * m);
-                // SAFETY: `out` is `n x m` (row stride m), `xs` `n x k` (row stride k), `ws`
-                // `k x m` (row stride m), as asserted above; `out` is a unique borrow, so
-                // nothing overlaps, and gemm stays within those extents.
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        m,
-                        k,
-                        out.as_mut_ptr(),
-                        1,
-                        m as isize,
-                        false,
-                        xs.as_ptr(),
-                        1,
-                        k as isize,
-                        ws.as_ptr(),
-                        1,
-                        m as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                }
-                let rows = n.div_ceil(threads * 4).max(1);
-                out.par_chunks_mut(rows * m)
+                let mut out = matmul_rows(xs, ws, n, k, m);
+                out.par_chunks_mut(chunk_rows(n) * m)
                     .for_each(|chunk| super::kernels::bias_gelu_rows(chunk, bs));
+                out
             })
         })
     })
     .flatten()
     .flatten()?;
-    let mut shape = dims.to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = m;
+    Some(Tensor::from_vec(out, shape, &Device::Cpu))
+}
+
+/// `residual + (x · weight_t + bias) * gamma` (ConvNeXt's `fc2`, layer scale and shortcut, in
+/// that order of operations), for contiguous f32 CPU tensors, `residual` of the output's
+/// element count; without `gamma`, `residual + (x · weight_t + bias)`. `None` when it does not
+/// apply.
+pub(crate) fn linear_bias_scale_add(
+    x: &Tensor,
+    weight_t: &Tensor,
+    bias: &Tensor,
+    gamma: Option<&Tensor>,
+    residual: &Tensor,
+) -> Option<candle_core::Result<Tensor>> {
+    let (n, k, m, shape) = linear_dims(x, weight_t, bias)?;
+    if residual.elem_count() != n * m || gamma.is_some_and(|g| g.elem_count() != m) {
+        return None;
     }
+    let pass = |out: &mut Vec<f32>, bs: &[f32], gs: Option<&[f32]>, rs: &[f32]| {
+        let c = chunk_rows(n) * m;
+        out.par_chunks_mut(c)
+            .zip(rs.par_chunks(c))
+            .for_each(|(o, r)| {
+                for (ro, rr) in o.chunks_exact_mut(m).zip(r.chunks_exact(m)) {
+                    match gs {
+                        Some(g) => {
+                            for (((y, &b), &g), &x) in ro.iter_mut().zip(bs).zip(g).zip(rr) {
+                                *y = (*y + b) * g + x;
+                            }
+                        }
+                        None => {
+                            for ((y, &b), &x) in ro.iter_mut().zip(bs).zip(rr) {
+                                *y = (*y + b) + x;
+                            }
+                        }
+                    }
+                }
+            });
+    };
+    let out = with_host(x, |xs| {
+        with_host(weight_t, |ws| {
+            with_host(bias, |bs| {
+                with_host(residual, |rs| {
+                    let mut out = matmul_rows(xs, ws, n, k, m);
+                    match gamma {
+                        Some(g) => with_host(g, |gs| pass(&mut out, bs, Some(gs), rs))?,
+                        None => pass(&mut out, bs, None, rs),
+                    }
+                    Some(out)
+                })
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .flatten()
+    .flatten()?;
     Some(Tensor::from_vec(out, shape, &Device::Cpu))
 }
 
@@ -433,6 +511,36 @@ mod tests {
             let got = linear_bias_gelu(&x, &w, &b).unwrap().unwrap();
             let d = rel_diff(&got, &want);
             assert!(d <= 1e-5, "{n}x{k}x{m}: {d}");
+        }
+    }
+
+    /// `fc2`, layer scale and shortcut against candle's ops, on ConvNeXt tiny's first-stage
+    /// shape and an odd one, with and without the scale.
+    #[test]
+    fn linear_bias_scale_add_matches_candle() {
+        let dev = Device::Cpu;
+        for (n, k, m) in [(3136, 384, 96), (7, 5, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let w = (Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap() * (1.0 / (k as f64).sqrt()))
+                .unwrap();
+            let b = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+            let g = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (1, n, m), &dev).unwrap();
+            let y = x.broadcast_matmul(&w).unwrap().broadcast_add(&b).unwrap();
+            for gamma in [Some(&g), None] {
+                let want = match gamma {
+                    Some(g) => y.broadcast_mul(g).unwrap(),
+                    None => y.clone(),
+                };
+                let want = (want.reshape((1, n, m)).unwrap() + &r).unwrap();
+                let got = linear_bias_scale_add(&x, &w, &b, gamma, &r)
+                    .unwrap()
+                    .unwrap()
+                    .reshape((1, n, m))
+                    .unwrap();
+                let d = rel_diff(&got, &want);
+                assert!(d <= 1e-5, "{n}x{k}x{m}: {d}");
+            }
         }
     }
 
