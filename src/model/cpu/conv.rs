@@ -15,9 +15,11 @@
 //! Also here: ConvNeXt's `fc1` and GELU ([`linear_bias_gelu`]), one product and a parallel
 //! fused bias + GELU instead of candle's single-threaded elementwise `gelu_erf`.
 //!
-//! Threads: a batch with at least one image per thread runs one image per task (each task its
-//! own im2col buffer, the products single-threaded); a smaller batch runs its images in turn
-//! with the product spread over the threads.
+//! Batches: a feature map of at least [`TARGET_COLUMNS`] pixels is one product per image; the
+//! smaller maps of the later stages put several images' im2col matrices side by side, so that
+//! the weight (up to 512x4608 for resnet34's last stage) is packed once per group of images
+//! instead of once per image. Threads: each product runs on every thread (gemm's own split),
+//! the stacked im2col rows and epilogue in parallel chunks.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -71,43 +73,139 @@ impl Dims {
 
 /// Writes the `(c·k·k, oh·ow)` im2col matrix of one image `x` `(c, h, w)` into `cols`.
 fn im2col(x: &[f32], d: &Dims, cols: &mut [f32]) {
-    let (oh, ow, n) = (d.oh, d.ow, d.pixels());
-    let mut row = 0;
-    for ci in 0..d.c {
-        let plane = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
-        for ky in 0..d.k {
-            for kx in 0..d.k {
-                let dst = &mut cols[row * n..(row + 1) * n];
-                row += 1;
-                for oy in 0..oh {
-                    let out = &mut dst[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * d.s + ky) as isize - d.p as isize;
-                    if iy < 0 || iy >= d.h as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
-                    // The columns whose input column `ox·s + kx - p` lies in `[0, w)`.
-                    let lo = (d.p.saturating_sub(kx)).div_ceil(d.s).min(ow);
-                    let hi = if d.w + d.p > kx {
-                        ((d.w + d.p - kx - 1) / d.s + 1).clamp(lo, ow)
-                    } else {
-                        lo
-                    };
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    let first = lo * d.s + kx - d.p;
-                    if d.s == 1 {
-                        out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                    } else {
-                        for (j, v) in out[lo..hi].iter_mut().enumerate() {
-                            *v = src[first + j * d.s];
-                        }
-                    }
-                }
+    let (n, hw) = (d.pixels(), d.h * d.w);
+    for (r, dst) in cols.chunks_exact_mut(n).enumerate() {
+        let (ci, tap) = (r / (d.k * d.k), r % (d.k * d.k));
+        im2col_row(&x[ci * hw..(ci + 1) * hw], d, tap / d.k, tap % d.k, dst);
+    }
+}
+
+/// One row of the im2col matrix: tap `(ky, kx)` of input channel `plane` `(h, w)` at every
+/// output pixel, `oh·ow` values into `dst`, zeros where the tap falls in the padding.
+fn im2col_row(plane: &[f32], d: &Dims, ky: usize, kx: usize, dst: &mut [f32]) {
+    let (oh, ow) = (d.oh, d.ow);
+    for oy in 0..oh {
+        let out = &mut dst[oy * ow..(oy + 1) * ow];
+        let iy = (oy * d.s + ky) as isize - d.p as isize;
+        if iy < 0 || iy >= d.h as isize {
+            out.fill(0.0);
+            continue;
+        }
+        let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
+        // The columns whose input column `ox·s + kx - p` lies in `[0, w)`.
+        let lo = (d.p.saturating_sub(kx)).div_ceil(d.s).min(ow);
+        let hi = if d.w + d.p > kx {
+            ((d.w + d.p - kx - 1) / d.s + 1).clamp(lo, ow)
+        } else {
+            lo
+        };
+        out[..lo].fill(0.0);
+        out[hi..].fill(0.0);
+        let first = lo * d.s + kx - d.p;
+        if d.s == 1 {
+            out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+        } else {
+            for (j, v) in out[lo..hi].iter_mut().enumerate() {
+                *v = src[first + j * d.s];
             }
         }
     }
+}
+
+/// `dst` (after copying in `src`, if given) `+ residual`, then ReLU, as asked: the epilogue of
+/// every path.
+fn epilogue(dst: &mut [f32], src: Option<&[f32]>, residual: Option<&[f32]>, relu: bool) {
+    if let Some(s) = src {
+        dst.copy_from_slice(s);
+    }
+    match (residual, relu) {
+        (Some(r), true) => dst
+            .iter_mut()
+            .zip(r)
+            .for_each(|(y, &r)| *y = (*y + r).max(0.0)),
+        (Some(r), false) => dst.iter_mut().zip(r).for_each(|(y, &r)| *y += r),
+        (None, true) => dst.iter_mut().for_each(|y| *y = y.max(0.0)),
+        (None, false) => {}
+    }
+}
+
+/// Output pixels per product that amortize packing the weight (a 56x56 map): smaller maps are
+/// stacked, several images side by side in one product.
+const TARGET_COLUMNS: usize = 3136;
+
+/// Images `i0..` of `x` (`in_len` values each; as many as `out` holds outputs) as one product:
+/// their im2col matrices side by side, `(c·k·k, g·oh·ow)`, so the weight is packed once for
+/// all of them; then each image's output rows copied out with the residual and the ReLU.
+#[allow(clippy::too_many_arguments)]
+fn stacked_images(
+    x: &[f32],
+    in_len: usize,
+    i0: usize,
+    d: &Dims,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+    cols: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    par: gemm::Parallelism,
+) {
+    let (n, depth, hw) = (d.pixels(), d.depth(), d.h * d.w);
+    let out_len = d.o * n;
+    let gn = out.len() / out_len * n;
+    cols.resize(depth * gn, 0.0);
+    cols.par_chunks_mut(gn).enumerate().for_each(|(r, row)| {
+        let (ci, tap) = (r / (d.k * d.k), r % (d.k * d.k));
+        for (i, dst) in row.chunks_exact_mut(n).enumerate() {
+            let img = (i0 + i) * in_len;
+            let plane = &x[img + ci * hw..img + (ci + 1) * hw];
+            im2col_row(plane, d, tap / d.k, tap % d.k, dst);
+        }
+    });
+    tmp.resize(d.o * gn, 0.0);
+    if let Some(b) = bias {
+        for (row, &v) in tmp.chunks_exact_mut(gn).zip(b) {
+            row.fill(v);
+        }
+    }
+    assert!(weight.len() == d.o * depth && cols.len() == depth * gn && tmp.len() == d.o * gn);
+    // SAFETY: `tmp` holds `o x gn` elements (row stride gn), `weight` `o x depth` (row stride
+    // depth), `cols` `depth x gn` (row stride gn), as asserted above; `tmp` is a unique borrow
+    // distinct from the others, and gemm stays within those extents.
+    unsafe {
+        gemm::gemm(
+            d.o,
+            gn,
+            depth,
+            tmp.as_mut_ptr(),
+            1,
+            gn as isize,
+            bias.is_some(),
+            weight.as_ptr(),
+            1,
+            depth as isize,
+            cols.as_ptr(),
+            1,
+            gn as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    let tmp = &*tmp;
+    out.par_chunks_mut(out_len)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            for (oc, row) in dst.chunks_exact_mut(n).enumerate() {
+                let src = &tmp[oc * gn + i * n..oc * gn + (i + 1) * n];
+                let at = (i0 + i) * out_len + oc * n;
+                epilogue(row, Some(src), residual.map(|r| &r[at..at + n]), relu);
+            }
+        });
 }
 
 /// One image: `out` `(o, oh·ow)` = `bias` + `weight` `(o, c·k·k)` · im2col(`x`), then
@@ -164,15 +262,7 @@ fn one_image(
             par,
         );
     }
-    match (residual, relu) {
-        (Some(r), true) => out
-            .iter_mut()
-            .zip(r)
-            .for_each(|(y, &r)| *y = (*y + r).max(0.0)),
-        (Some(r), false) => out.iter_mut().zip(r).for_each(|(y, &r)| *y += r),
-        (None, true) => out.iter_mut().for_each(|y| *y = y.max(0.0)),
-        (None, false) => {}
-    }
+    epilogue(out, None, residual, relu);
 }
 
 /// `relu?(conv2d(x, weight, stride, padding) + bias + residual)` on the CPU fast path, for a
@@ -218,26 +308,25 @@ pub(crate) fn conv2d_fused(
     let (in_len, out_len) = (c * h * w, o * d.pixels());
     let mut out = vec![0f32; b * out_len];
     let threads = rayon::current_num_threads().max(1);
+    // Images per product: one for large maps, several side by side for small ones.
+    let group = TARGET_COLUMNS.div_ceil(d.pixels()).clamp(1, b);
     let mut run = |x: &[f32], wt: &[f32], bs: Option<&[f32]>, res: Option<&[f32]>| {
-        if b >= threads && threads > 1 {
-            out.par_chunks_mut(out_len)
-                .enumerate()
-                .for_each_init(Vec::new, |cols, (i, dst)| {
-                    let r = res.map(|r| &r[i * out_len..(i + 1) * out_len]);
-                    let xi = &x[i * in_len..(i + 1) * in_len];
-                    one_image(xi, &d, wt, bs, r, relu, dst, cols, gemm::Parallelism::None);
-                });
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
         } else {
-            let par = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
+            gemm::Parallelism::None
+        };
+        let (mut cols, mut tmp) = (Vec::new(), Vec::new());
+        for (gi, chunk) in out.chunks_mut(group * out_len).enumerate() {
+            let i0 = gi * group;
+            if chunk.len() == out_len {
+                let r = res.map(|r| &r[i0 * out_len..(i0 + 1) * out_len]);
+                let xi = &x[i0 * in_len..(i0 + 1) * in_len];
+                one_image(xi, &d, wt, bs, r, relu, chunk, &mut cols, par);
             } else {
-                gemm::Parallelism::None
-            };
-            let mut cols = Vec::new();
-            for (i, dst) in out.chunks_mut(out_len).enumerate() {
-                let r = res.map(|r| &r[i * out_len..(i + 1) * out_len]);
-                let xi = &x[i * in_len..(i + 1) * in_len];
-                one_image(xi, &d, wt, bs, r, relu, dst, &mut cols, par);
+                stacked_images(
+                    x, in_len, i0, &d, wt, bs, res, relu, chunk, &mut cols, &mut tmp, par,
+                );
             }
         }
     };
@@ -468,7 +557,10 @@ mod tests {
             (5, 7, 3, 2, 1, 9),
         ];
         for (i, &(c, o, k, s, p, side)) in shapes.iter().enumerate() {
-            for batch in [1, 3] {
+            for batch in [1, 3, 70] {
+                if batch == 70 && side > 14 {
+                    continue; // the stacked path at every group size, on the small maps only
+                }
                 let x = Tensor::randn(0f32, 1.0, (batch, c, side, side), &dev).unwrap();
                 let w = (Tensor::randn(0f32, 1.0, (o, c, k, k), &dev).unwrap()
                     * (1.0 / ((c * k * k) as f64).sqrt()))
