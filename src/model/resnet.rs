@@ -618,9 +618,26 @@ fn max_pool_3x3_s2_after_relu(x: &Tensor) -> candle_core::Result<Tensor> {
         .max_pool2d_with_stride(3, 2)
 }
 
+/// Images per pass through the body on the CPU fast path: a larger batch runs in chunks of
+/// this many, so a chunk's activations stay in cache from one convolution to the next (at
+/// batch 32 about 10% faster on resnet34 than the whole batch per convolution, in a few
+/// interleaved runs on the 2-core VM).
+const CPU_BATCH_CHUNK: usize = 8;
+
 impl Module for ResNet {
     /// `(B, in_chans, H, W)` to the last stage's `(B, num_features, H', W')`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, chunk) = (x.dim(0)?, CPU_BATCH_CHUNK);
+        if b > chunk && self.fast && x.device().is_cpu() {
+            let mut parts = Vec::new();
+            let mut i = 0;
+            while i < b {
+                let n = chunk.min(b - i);
+                parts.push(self.forward(&x.narrow(0, i, n)?)?);
+                i += n;
+            }
+            return Tensor::cat(&parts, 0);
+        }
         let stem = self.conv1.forward_fused(x, true, None, self.fast)?;
         let mut x = max_pool_3x3_s2_after_relu(&stem)?;
         for stage in &self.layers {
@@ -636,6 +653,11 @@ impl Module for ResNet {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    fn scale_of(t: &Tensor) -> f32 {
+        let m = t.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        m.to_scalar::<f32>().unwrap().max(1.0)
+    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -681,9 +703,22 @@ mod tests {
             let unfolded = ResNet::load(&cfg, vb, false).unwrap();
             let x = &golden["input"];
             let (a, b) = (folded.forward(x).unwrap(), unfolded.forward(x).unwrap());
-            // The CPU fast path against candle's conv2d on the same folded weights.
+            // The CPU fast path against candle's conv2d on the same folded weights, and on a
+            // batch larger than CPU_BATCH_CHUNK (run in chunks, small maps stacked).
             let r = reference.forward(x).unwrap();
             let fr = max_diff(&a, &r);
+            let n = x.dim(0).unwrap();
+            let copies = vec![x.clone(); (CPU_BATCH_CHUNK * 2 + 3).div_ceil(n)];
+            let big = Tensor::cat(&copies, 0).unwrap();
+            let big_diff = max_diff(
+                &folded.forward(&big).unwrap(),
+                &reference.forward(&big).unwrap(),
+            );
+            assert!(
+                big_diff <= 1e-5 * scale_of(&r),
+                "{name}: batch {}: {big_diff}",
+                big.dim(0).unwrap()
+            );
             let d = max_diff(&a, &b);
             let scale = b
                 .abs()
