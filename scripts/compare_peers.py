@@ -280,12 +280,12 @@ def main():
     }
     if not args.forward_only:
         figures.update({
-        "e2e": (it, f"e2e {it}", {"torch_pipeline": lambda: pure_torch(args.image),
-                                   "fastai_predict": fastai_predict}),
-        "transforms": (2 * it, f"transforms {2 * it}", {"torch": lambda: pre(decoded)}),
-        "decode": (2 * it, f"decode {2 * it}",
-                   {"pil": lambda: Image.open(args.image).convert("RGB")}),
-        "dir200": (1, "dir 1", {"ort_pil": ort_dir}),
+            "e2e": (it, f"e2e {it}", {"torch_pipeline": lambda: pure_torch(args.image),
+                                       "fastai_predict": fastai_predict}),
+            "transforms": (2 * it, f"transforms {2 * it}", {"torch": lambda: pre(decoded)}),
+            "decode": (2 * it, f"decode {2 * it}",
+                       {"pil": lambda: Image.open(args.image).convert("RGB")}),
+            "dir200": (1, "dir 1", {"ort_pil": ort_dir}),
         })
     crates = {f: crate for f in figures}
     for arch in CNN_ARCHS if args.cnn else ():
