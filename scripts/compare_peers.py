@@ -2,7 +2,8 @@
 """Times fastai-infer beside ONNX Runtime, PyTorch eager and fastai, in one run, on the same
 weights (the shipped fixture) and the same images, and prints medians and ratios.
 
-    ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--rounds N] [--json FILE] [IMAGE]
+    ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--rounds N] [--json FILE]
+        [--cnn] [--forward-only] [IMAGE]
 
 `--iters` is the iterations of the batch-1 figures per runtime per round (fewer at batch 8 and 32).
 
@@ -15,6 +16,14 @@ What it measures (every runtime limited to the machine's cores, 2 here):
 - decoding the image file alone: the crate, PIL (`Image.open(path).convert('RGB')`);
 - a directory of 200 images (the fixtures, cycled, in a temporary folder), 32 per forward pass:
   the crate's `predict_paths`, ONNX Runtime with PIL + torch preprocessing;
+- with `--cnn`, also the forward pass at batch 1 and 32 of full-size `resnet34` (torchvision)
+  and `convnext_tiny` (timm) learners: `vision_learner(dls, arch, pretrained=False)` on a
+  `Resize(224)` + `Normalize` DataLoaders (no hub download; random weights, BatchNorm running
+  statistics randomized so that they are not the identity), written by
+  `export_fastai.export_learner` for the crate (its own `bench --stdin` process per model) and
+  exported with torch.onnx for ONNX Runtime, in the same interleaved rounds as the ViT;
+  `--forward-only` leaves out everything but the forward figures (no end to end, transforms,
+  decode, directory, cold start), for a quicker run;
 - cold start (weights file to the first prediction, imports excluded and reported apart) and
   peak RSS, each in a fresh process: the crate, PyTorch (the fastai learner rebuilt from the
   same weights), ONNX Runtime (its process also imports torch and fastai for the lesson's
@@ -61,12 +70,13 @@ def make_dir200():
 class Crate:
     """The crate's `bench --stdin` process: one JSON answer per request line."""
 
-    def __init__(self, image, dir200):
+    def __init__(self, image, dir200, weights=None):
         subprocess.run(["cargo", "build", "-q", "--release", "--example", "bench"], cwd=ROOT,
                        check=True)
+        extra = ["--weights", str(weights)] if weights else []
         self.proc = subprocess.Popen(
             ["cargo", "run", "-q", "--release", "--example", "bench", "--", "--stdin",
-             "--batch", "32", "--dir", str(dir200), str(image)],
+             "--batch", "32", "--dir", str(dir200), *extra, str(image)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.first = json.loads(self.proc.stdout.readline())
 
@@ -157,6 +167,40 @@ def lesson_preprocess():
     return preprocess
 
 
+CNN_ARCHS = ("resnet34", "convnext_tiny")
+# GFLOP per 224x224 image (2 x the multiply-adds of the convolutions and matrix products).
+GFLOP = {"vit": 2 * 1.26, "resnet34": 2 * 3.67, "convnext_tiny": 2 * 4.47}
+
+
+def cnn_learner(arch):
+    """A full-size fastai learner of `arch` (random weights, `pretrained=False`), its model in
+    eval mode with every BatchNorm's running statistics and affine parameters randomized
+    (seeded) so that folding them is exercised, written for the crate by
+    `export_fastai.export_learner`; returns (model, the .safetensors path)."""
+    import torch
+    import torchvision.models as tvm
+    from fastai.vision.all import Normalize, Resize, imagenet_stats
+
+    import export_fastai as ef
+
+    a = getattr(tvm, arch) if arch.startswith("resnet") else arch
+    learn = ef._learner(item_tfms=Resize(224),
+                        batch_tfms=Normalize.from_stats(*imagenet_stats), arch=a)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in learn.model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    learn.model.eval()
+    path = Path(tempfile.gettempdir()) / f"fastai-infer-peer-{arch}.safetensors"
+    ef.export_learner(learn, path)
+    return learn.model, path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=10,
@@ -165,6 +209,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     ap.add_argument("--pause", type=float, default=0.2,
                     help="seconds to wait at every switch between runtimes")
+    ap.add_argument("--cnn", action="store_true",
+                    help="also time full-size resnet34 and convnext_tiny learners' forward pass")
+    ap.add_argument("--forward-only", action="store_true",
+                    help="time the forward passes only (no end to end, transforms, directory, "
+                         "cold start)")
     ap.add_argument("image", nargs="?", default=str(IMAGES / "grace_hopper.jpg"))
     args = ap.parse_args()
     threads = os.cpu_count() or 2
@@ -210,13 +259,13 @@ def main():
 
     inputs = {n: torch.randn(n, 3, 224, 224) for n in (1, 8, 32)}
 
-    def torch_fwd(n):
+    def torch_fwd(n, model=model):
         def f():
             with torch.no_grad():
                 model(inputs[n])
         return f
 
-    def ort_fwd(n):
+    def ort_fwd(n, sess=sess):
         xn = inputs[n].numpy()
         return lambda: sess.run(None, {"x": xn})
 
@@ -228,19 +277,36 @@ def main():
                    {"ort": ort_fwd(8), "torch": torch_fwd(8)}),
         "fwd_b32": (max(1, it // 5), f"forward 32 {max(1, it // 5)}",
                     {"ort": ort_fwd(32), "torch": torch_fwd(32)}),
-        "e2e": (it, f"e2e {it}", {"torch_pipeline": lambda: pure_torch(args.image),
-                                   "fastai_predict": fastai_predict}),
-        "transforms": (2 * it, f"transforms {2 * it}", {"torch": lambda: pre(decoded)}),
-        "decode": (2 * it, f"decode {2 * it}",
-                   {"pil": lambda: Image.open(args.image).convert("RGB")}),
-        "dir200": (1, "dir 1", {"ort_pil": ort_dir}),
     }
+    if not args.forward_only:
+        figures.update({
+            "e2e": (it, f"e2e {it}", {"torch_pipeline": lambda: pure_torch(args.image),
+                                       "fastai_predict": fastai_predict}),
+            "transforms": (2 * it, f"transforms {2 * it}", {"torch": lambda: pre(decoded)}),
+            "decode": (2 * it, f"decode {2 * it}",
+                       {"pil": lambda: Image.open(args.image).convert("RGB")}),
+            "dir200": (1, "dir 1", {"ort_pil": ort_dir}),
+        })
+    crates = {f: crate for f in figures}
+    for arch in CNN_ARCHS if args.cnn else ():
+        cnn, weights = cnn_learner(arch)
+        onnx_path = Path(tempfile.gettempdir()) / f"fastai-infer-peer-{arch}.onnx"
+        torch.onnx.export(cnn, torch.randn(1, 3, 224, 224), onnx_path, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "n"}},
+                          opset_version=17, dynamo=False)
+        cs = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        cc = Crate(args.image, dir200, weights)
+        for n, iters in ((1, it), (32, max(1, it // 5))):
+            f = f"{arch}_fwd_b{n}"
+            figures[f] = (iters, f"forward {n} {iters}",
+                          {"ort": ort_fwd(n, cs), "torch": torch_fwd(n, cnn)})
+            crates[f] = cc
     pooled = {f: {} for f in figures}
     rounds = []
     for rd in range(args.rounds):
         this = {}
         for fig, (iters, request, peers) in figures.items():
-            runners = [("rust", lambda: crate.times(request))]
+            runners = [("rust", lambda c=crates[fig]: c.times(request))]
             # A pass over the directory is long enough to be its own warm-up.
             warm = fig != "dir200"
             runners += [(name, (lambda fn=fn: times_ms(fn, iters, warm)))
@@ -255,7 +321,8 @@ def main():
         rounds.append(this)
         print(f"round {rd + 1}/{args.rounds}: " + ", ".join(
             f"{k} {v:.1f}" for k, v in this.items()), file=sys.stderr, flush=True)
-    crate.close()
+    for c in set(crates.values()):
+        c.close()
 
     r = {"rust_cold_start_ms": crate.first["cold_start_ms"],
          "rust_peak_rss_mb": crate.first["peak_rss_mb"]}
@@ -263,14 +330,16 @@ def main():
         for name, ts in by.items():
             r[f"{name}_{fig}"] = statistics.median(ts)
     n_files = len(files)
-    r["rust_dir200_images_per_s"] = n_files / (r["rust_dir200"] / 1e3)
-    r["ort_pil_dir200_images_per_s"] = n_files / (r["ort_pil_dir200"] / 1e3)
+    full = not args.forward_only
+    if full:
+        r["rust_dir200_images_per_s"] = n_files / (r["rust_dir200"] / 1e3)
+        r["ort_pil_dir200_images_per_s"] = n_files / (r["ort_pil_dir200"] / 1e3)
 
     def per_round(num, den):
         v = sorted(rd[num] / rd[den] for rd in rounds)
         return f"(per round {v[0]:.2f}-{v[-1]:.2f}, median {statistics.median(v):.2f})"
 
-    for kind in ("torch", "ort"):
+    for kind in ("torch", "ort") if full else ():
         out = subprocess.run([sys.executable, "-c", COLD, kind, str(ROOT), args.image, str(threads)],
                              check=True, capture_output=True, text=True).stdout
         c = json.loads(out.strip().splitlines()[-1])
@@ -283,7 +352,8 @@ def main():
     print(f"image: {args.image}, threads: {threads}, iters: {args.iters}, rounds: {args.rounds}")
     print(f"{'what (median ms unless named)':34s} {'value':>9s}")
     for k, v in r.items():
-        print(f"{k:34s} {v:9.2f}")
+        if isinstance(v, float):
+            print(f"{k:34s} {v:9.2f}")
     print("ratios (the crate's time / the peer's; below 1 is faster):")
     for n in (1, 8, 32):
         f = f"fwd_b{n}"
@@ -291,6 +361,25 @@ def main():
         ratios[f"{f}_vs_torch"] = r[f"rust_{f}"] / r[f"torch_{f}"]
         print(f"  forward b{n}: vs ONNX Runtime {ratios[f'{f}_vs_ort']:.2f}x"
               f" {per_round(f'rust_{f}', f'ort_{f}')}, vs PyTorch {ratios[f'{f}_vs_torch']:.2f}x")
+    for arch in CNN_ARCHS if args.cnn else ():
+        for n in (1, 32):
+            f = f"{arch}_fwd_b{n}"
+            ratios[f"{f}_vs_ort"] = r[f"rust_{f}"] / r[f"ort_{f}"]
+            ratios[f"{f}_vs_torch"] = r[f"rust_{f}"] / r[f"torch_{f}"]
+            gf = {who: GFLOP[arch] * n / (r[f"{who}_{f}"] / 1e3) for who in ("rust", "ort", "torch")}
+            r[f"{f}_gflops"] = gf
+            print(f"  {arch} forward b{n}: crate {r[f'rust_{f}']:.1f} ms, vs ONNX Runtime"
+                  f" {ratios[f'{f}_vs_ort']:.2f}x {per_round(f'rust_{f}', f'ort_{f}')}, vs PyTorch"
+                  f" {ratios[f'{f}_vs_torch']:.2f}x; GFLOP/s crate {gf['rust']:.0f},"
+                  f" ORT {gf['ort']:.0f}, PyTorch {gf['torch']:.0f}")
+    if not full:
+        r["ratios"] = ratios
+        r["rounds"] = rounds
+        r["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(json.dumps(r))
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
+        return
     print("speed-ups (the peer's time / the crate's; above 1 is faster):")
     ratios["e2e_vs_torch_pipeline"] = r["torch_pipeline_e2e"] / r["rust_e2e"]
     ratios["e2e_vs_fastai_predict"] = r["fastai_predict_e2e"] / r["rust_e2e"]

@@ -531,13 +531,8 @@ impl Module for ConvNeXtBlock {
         let (b, h, w, c) = x.dims4()?;
         let y = self.conv_dw.forward(x)?.reshape((b * h * w, c))?;
         let y = self.norm.forward(&y)?;
-        let y = self.mlp.fc1.forward(&y)?.gelu_erf()?;
-        let y = self.mlp.fc2.forward(&y)?;
-        let y = match &self.gamma {
-            Some(g) => y.broadcast_mul(g)?,
-            None => y,
-        };
-        y.reshape((b, h, w, c))? + x
+        let y = self.mlp.fc1.forward_gelu(&y)?;
+        self.mlp.fc2.forward_scale_add(&y, self.gamma.as_ref(), x)
     }
 }
 

@@ -42,6 +42,42 @@ impl Linear {
 }
 
 impl Linear {
+    /// `gelu(self(x))` (`nn.GELU()`, erf): on a CPU f32 input with a bias, one blocked product
+    /// and a parallel fused bias + GELU ([`super::cpu::conv::linear_bias_gelu`]); else candle's
+    /// ops.
+    pub(crate) fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(b) = &self.bias {
+            if let Some(y) = super::cpu::conv::linear_bias_gelu(x, &self.weight_t, b) {
+                return y;
+            }
+        }
+        self.forward(x)?.gelu_erf()
+    }
+
+    /// `residual + self(x) * gamma` (or `residual + self(x)`), the output reshaped as
+    /// `residual`: on the CPU one product and a parallel fused epilogue
+    /// ([`super::cpu::conv::linear_bias_scale_add`]); else candle's ops in that order.
+    pub(crate) fn forward_scale_add(
+        &self,
+        x: &Tensor,
+        gamma: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(b) = &self.bias {
+            if let Some(y) =
+                super::cpu::conv::linear_bias_scale_add(x, &self.weight_t, b, gamma, residual)
+            {
+                return y?.reshape(residual.shape());
+            }
+        }
+        let y = self.forward(x)?;
+        let y = match gamma {
+            Some(g) => y.broadcast_mul(g)?,
+            None => y,
+        };
+        y.reshape(residual.shape())? + residual
+    }
+
     /// The device the weight lives on.
     pub(crate) fn device(&self) -> &candle_core::Device {
         self.weight_t.device()
@@ -164,6 +200,42 @@ impl Conv2d {
             bias: Some(bias),
             ..self
         })
+    }
+}
+
+impl Conv2d {
+    /// `relu?(conv(x) + residual)`: on a CPU f32 input with groups 1, the fast path
+    /// ([`super::cpu::conv`]: im2col and one blocked matrix product per image, the bias, the
+    /// residual and the ReLU fused), else (or with `fast` false) candle's `conv2d` and one op
+    /// per step, the reference.
+    pub(crate) fn forward_fused(
+        &self,
+        x: &Tensor,
+        relu: bool,
+        residual: Option<&Tensor>,
+        fast: bool,
+    ) -> candle_core::Result<Tensor> {
+        if fast && self.groups == 1 {
+            if let Some(y) = super::cpu::conv::conv2d_fused(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.stride,
+                self.padding,
+                relu,
+                residual,
+            ) {
+                return y;
+            }
+        }
+        let mut y = self.forward(x)?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        if relu {
+            y = y.relu()?;
+        }
+        Ok(y)
     }
 }
 

@@ -14,6 +14,7 @@
 //! `qkv` rows through strides, with no split, permute or copy. The last block runs for the
 //! class tokens only, the one row per image the pooled output reads.
 
+pub(crate) mod conv;
 pub(crate) mod kernels;
 mod matmul;
 pub(crate) mod packed;
