@@ -64,6 +64,12 @@ pub use weights::FastaiWeights;
 /// Re-exported so users can name devices and tensors without adding candle themselves.
 pub use candle_core;
 
+/// Re-exported because its types are in this crate's signatures: [`load_image`] returns an
+/// [`image::RgbImage`], the item transforms take and return one, and decoding errors carry an
+/// [`image::ImageError`]. Use this re-export (`fastai_infer::image::RgbImage`) rather than your
+/// own `image` dependency, so the versions always match.
+pub use image;
+
 // The README's Rust example is compiled and run as a doctest, so it cannot go stale.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -137,10 +137,7 @@ fn fixture_configs_are_what_vision_learner_built() {
         head::Config::create_head(
             64,
             3,
-            &HeadOptions {
-                lin_ftrs: Some(vec![32, 16]),
-                ..Default::default()
-            }
+            &HeadOptions::default().with_lin_ftrs(Some(vec![32, 16]))
         )
         .unwrap()
     );
@@ -207,10 +204,7 @@ fn full_size_layouts_infer_the_right_config() {
     let text = std::fs::read_to_string(common::fixtures().join("models/layouts.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let learners = v["learners"].as_object().unwrap();
-    let timm_resnet50 = resnet::Config {
-        layout: resnet::KeyLayout::Timm,
-        ..resnet::Config::resnet50()
-    };
+    let timm_resnet50 = resnet::Config::resnet50().with_layout(resnet::KeyLayout::Timm);
     let expected: Vec<(&str, BodyConfig)> = vec![
         ("resnet18", BodyConfig::ResNet(resnet::Config::resnet18())),
         ("resnet34", BodyConfig::ResNet(resnet::Config::resnet34())),
