@@ -14,7 +14,7 @@
 //! The blocks run channels-last (`(B, H, W, C)` rows), as timm's default `conv_mlp=False` path
 //! computes the norm and the MLP; the non-overlapping stem and downsampling convolutions are
 //! matrix products over the patches, and on the CPU the depthwise convolution is a direct loop
-//! over the channels-last rows ([`DepthwiseConv`]). The `conv_mlp=True` variants
+//! over the channels-last rows (`DepthwiseConv`). The `conv_mlp=True` variants
 //! (`convnext_atto` ... `convnext_nano`: 1x1 convolutions and LayerNorm2d, the same arithmetic)
 //! load too.
 
