@@ -33,6 +33,9 @@ def section(page, name):
     nxt = [n for n in nxt if n > start]
     return page[start:min(nxt) if nxt else len(page)]
 
+crate_root = open(os.path.join(root, "index.html"), encoding="utf-8").read()
+for use in re.findall(r"<code>(pub use .*?;)</code>", crate_root, re.S):
+    print(f"reexport fastai_infer: {text(use)}")
 index = open(os.path.join(root, "all.html"), encoding="utf-8").read()
 items = sorted(set(re.findall(r'<li><a href="([^"]+)">([^<]+)</a></li>', index)), key=lambda x: x[1])
 for href, path in items:

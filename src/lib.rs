@@ -35,6 +35,11 @@
 //! # }
 //! ```
 //!
+//! The supported public API is what these docs show: `docs/public-api.txt` in the repository
+//! lists every public item, method and trait impl, and `.ci/public-api.sh` regenerates and
+//! diffs it. Config structs are `#[non_exhaustive]`: build them from a preset or constructor
+//! and the `with_*` setters (e.g. `model::vit::Config::vit_tiny_patch16_224().with_depth(6)`).
+//!
 //! [candle]: https://github.com/huggingface/candle
 
 #![warn(missing_docs)]
