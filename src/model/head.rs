@@ -968,6 +968,10 @@ mod tests {
         for (cfg, says) in cases {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
+            let e = Config::new(cfg.in_features, cfg.layers.clone(), cfg.batch_norm_eps)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "Config::new: {e}");
             assert!(FastaiHead::new(
                 &cfg,
                 VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu)
