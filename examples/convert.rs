@@ -40,7 +40,7 @@ use common::{at_least, LabelsArg, EXIT_USAGE};
     after_help = "exit codes: 0 written, 2 bad arguments or input",
     args_override_self = true
 )]
-struct Args {
+pub(crate) struct Args {
     /// fastai's state_dict: learn.save's .pth (with or without the optimizer state; f32, f16 or
     /// bf16) or a safetensors file
     #[arg(value_name = "INPUT")]
@@ -286,7 +286,7 @@ fn val_xtra(v: &str) -> Result<f64, String> {
         .ok_or_else(|| "expected a number >= 0".into())
 }
 
-fn run(args: Args) -> Result<(), String> {
+pub(crate) fn run(args: Args) -> Result<(), String> {
     let Args {
         input,
         output,

@@ -22,8 +22,8 @@ Subcommands (each can be run alone):
                 the input (1,3,224,224) f32 from learn.dls.test_dl([path]).one_batch() and of the
                 460x460 item bytes, which are those of tests/fixtures/golden (same recipe;
                 checked), so the tests rebuild the input from there.
-  pth           rebuild the shipped vit_tiny learner (make_fixtures.load_learner_from_fixture) and
-                write fastai .pth files to tests/fixtures/pth/ (see tests/fixtures/pth/README.md).
+  pth           run scripts/make_fixtures_pth.py: .pth files from real fastai training runs in
+                tests/fixtures/pth/ (see tests/fixtures/pth/README.md).
   gelu          tests/fixtures/stages/gelu.safetensors: `x` (f32: the grid -10..10 in steps of
                 1/1000, then 60,000 draws of N(0, 2.5²) from torch.manual_seed(0)) and
                 `gelu` = torch.nn.functional.gelu(x) on the CPU, as timm's nn.GELU() computes
@@ -32,15 +32,13 @@ Subcommands (each can be run alone):
   all           small, then pth, then gelu.
 
 Training on CPU is not bit-reproducible across machines and library versions; everything
-downstream of the committed model.safetensors (goldens, recipe) and every .pth file is.
+downstream of the committed model.safetensors (goldens, recipe) is.
 Nothing is downloaded.
 """
 import json
 import os
 import subprocess
 import sys
-import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -175,93 +173,10 @@ def small_golden():
 # pth
 # ---------------------------------------------------------------------------------------------
 
-class FixtureMarker:
-    """An arbitrary Python object: torch.load(weights_only=True) refuses to unpickle it."""
-
-    def __init__(self, note):
-        self.note = note
-
-
-def _describe_pth(path):
-    """Top-level layout, dtypes, tensor count and size of a .pth (trusted: our own files)."""
-    import torch
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-        weights_only = "loads"
-    except Exception as e:
-        msg = str(e)
-        i = msg.find("Unsupported global")
-        weights_only = "refuses: " + (msg[i:].split(" was not")[0] if i >= 0 else msg[:80])
-
-    tensors = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            tensors.append(o)
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-    walk(obj)
-    dtypes = {}
-    for t in tensors:
-        dtypes[str(t.dtype).replace("torch.", "")] = dtypes.get(str(t.dtype).replace("torch.", ""), 0) + 1
-    with zipfile.ZipFile(path) as z:
-        pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
-    top = type(obj).__name__
-    keys = list(obj.keys()) if isinstance(obj, dict) else None
-    return {"file": path.name, "bytes": path.stat().st_size, "top": top,
-            "keys": keys if keys is not None and len(keys) <= 4 else f"{len(keys)} keys",
-            "tensors": len(tensors), "dtypes": dtypes,
-            "tensor_bytes": sum(t.numel() * t.element_size() for t in tensors),
-            "data_pkl": pickles, "weights_only": weights_only}
-
-
 def pth():
-    import torch
-    from fastai.learner import save_model
-
-    torch.set_num_threads(2)
-    PTH.mkdir(parents=True, exist_ok=True)
-    for f in PTH.glob("*.pth"):
-        f.unlink()
-
-    # learn.save(..., with_opt=False): fastai's save_model -> torch.save(state_dict, protocol 2).
-    learn = mf.load_learner_from_fixture()
-    learn.path, learn.model_dir = PTH, "."
-    # The body's floats to bf16, the head kept in f32 (so one file has both float dtypes);
-    # num_batches_tracked stays int64.
-    learn.model[0].to(torch.bfloat16)
-    learn.save("tiny_plain_bf16_head_f32", with_opt=False)
-
-    # learn.save(...) with the default with_opt=True: {'model': state_dict, 'opt': opt state}.
-    learn = mf.load_learner_from_fixture()
-    learn.path, learn.model_dir = PTH, "."
-    learn.model.half()
-    learn.create_opt()
-    learn.save("tiny_model_opt_f16")
-
-    # Only the head keys (1.*), f32, the way save_model writes a state_dict.
-    learn = mf.load_learner_from_fixture()
-    head = OrderedDict((k, v) for k, v in learn.model.state_dict().items() if k.startswith("1."))
-    torch.save(head, PTH / "head_plain_f32.pth", pickle_protocol=2)
-
-    # Some other model's state_dict.
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(4, 2)
-    save_model(PTH / "not_a_learner.pth", lin, None, with_opt=False)
-
-    # A pickle naming a class outside the tensor subset.
-    torch.save({"model": lin.state_dict(), "extra": FixtureMarker("not a tensor")},
-               PTH / "with_object.pth", pickle_protocol=2)
-
-    rows = [_describe_pth(p) for p in sorted(PTH.glob("*.pth"))]
-    for r in rows:
-        print("  " + json.dumps(r))
-    return rows
+    """The .pth fixtures now come from real fastai training runs: scripts/make_fixtures_pth.py."""
+    import make_fixtures_pth
+    make_fixtures_pth.main()
 
 
 def gelu():
@@ -293,7 +208,4 @@ def main():
 
 
 if __name__ == "__main__":
-    # Run through the importable module, so that FixtureMarker pickles as
-    # make_fixtures_v2.FixtureMarker rather than __main__.FixtureMarker.
-    import make_fixtures_v2
-    make_fixtures_v2.main()
+    main()

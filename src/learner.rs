@@ -2,17 +2,19 @@
 //! with fastai's `learn.predict` as its mental model.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Module, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
+use rayon::ThreadPool;
 
 use crate::batch_tfms::BatchTfms;
 use crate::categorize::{LossFunc, Prediction, Vocab};
 use crate::decode::{load_image_with, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::item_tfms::ItemTfms;
-use crate::model::FastaiModel;
+use crate::model::{FastaiModel, Simd};
 use crate::weights::FastaiWeights;
 
 /// A fastai classifier (timm ViT, ResNet or ConvNeXt body) ready for inference: decode, item
@@ -27,6 +29,9 @@ pub struct Learner {
     loss_func: LossFunc,
     decode: DecodeOptions,
     device: Device,
+    /// The thread pool everything runs on ([`Learner::with_thread_pool`]); rayon's global one
+    /// when `None`.
+    pool: Option<Arc<ThreadPool>>,
 }
 
 impl Learner {
@@ -95,6 +100,7 @@ impl Learner {
             loss_func: recipe.loss_func,
             decode: DecodeOptions::default(),
             device,
+            pool: None,
         })
     }
 
@@ -129,6 +135,48 @@ impl Learner {
     pub fn with_decode_options(mut self, options: DecodeOptions) -> Self {
         self.decode = options;
         self
+    }
+
+    /// Runs this learner's work (decoding, transforms, the forward pass) on `pool` instead of
+    /// rayon's global pool: one pool per learner isolates concurrent learners (or keeps them
+    /// to a share of the cores), and one pool shared by several caps them together. Several
+    /// calls at once on the same learner share its pool: each forward pass takes the threads
+    /// that are free, and with the packed kernels (AVX2 or AVX-512, see [`Simd`]) the outputs
+    /// are the same bits whatever the threads.
+    pub fn with_thread_pool(mut self, pool: Arc<ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Runs this learner on a pool of its own of `threads` threads (see
+    /// [`Learner::with_thread_pool`]). Fails when `threads` is 0 or the threads cannot be
+    /// started.
+    pub fn with_num_threads(self, threads: usize) -> Result<Self> {
+        if threads == 0 {
+            return Err(Error::InvalidArgument(
+                "with_num_threads: threads must be at least 1".into(),
+            ));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("fastai-infer-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("with_num_threads({threads}): {e}")))?;
+        Ok(self.with_thread_pool(Arc::new(pool)))
+    }
+
+    /// The thread pool given to [`Learner::with_thread_pool`], if any.
+    pub fn thread_pool(&self) -> Option<&Arc<ThreadPool>> {
+        self.pool.as_ref()
+    }
+
+    /// Limits the ViT's CPU fast path to the instruction sets `simd` (or what the CPU
+    /// supports, if less), overriding the `FASTAI_INFER_SIMD` environment variable, which is
+    /// read when each model is loaded. The outputs are the same bits at AVX2 and AVX-512;
+    /// the baseline (no AVX) differs by rounding. No effect on a ResNet or ConvNeXt.
+    pub fn with_simd(mut self, simd: Simd) -> Result<Self> {
+        self.model = self.model.with_simd(simd)?;
+        Ok(self)
     }
 
     /// The options files are decoded with.
@@ -166,16 +214,18 @@ impl Learner {
     ///
     /// The images' item transforms run in parallel.
     pub fn model_input(&self, images: &[RgbImage]) -> Result<Tensor> {
-        let items = images
-            .par_iter()
-            .map(|img| self.item_tfms.encodes(img))
-            .collect::<Result<Vec<_>>>()?;
-        self.batch_tfms.encodes_images(&items, &self.device)
+        self.in_pool(|| {
+            let items = images
+                .par_iter()
+                .map(|img| self.item_tfms.encodes(img))
+                .collect::<Result<Vec<_>>>()?;
+            self.batch_tfms.encodes_images(&items, &self.device)
+        })
     }
 
     /// The logits `(N, num_classes)` for a normalized model input.
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
-        Ok(self.model.forward(input)?)
+        self.in_pool(|| Ok(self.model.forward(input)?))
     }
 
     /// Predicts one decoded RGB image.
@@ -205,7 +255,7 @@ impl Learner {
                 "batch_size must be at least 1".into(),
             ));
         }
-        in_pool(|| {
+        self.in_pool(|| {
             let mut preds = Vec::with_capacity(paths.len());
             for chunk in paths.chunks(batch_size) {
                 let images = chunk
@@ -224,7 +274,7 @@ impl Learner {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        in_pool(|| {
+        self.in_pool(|| {
             let input = self.model_input(images)?;
             let logits = self
                 .logits(&input)?
@@ -238,8 +288,14 @@ impl Learner {
     }
 }
 
-/// Runs `f` on a thread of rayon's pool (in place when already on one), so that the parallel
-/// steps inside it start and finish on pool threads instead of each waking the calling thread.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+impl Learner {
+    /// Runs `f` on a thread of the learner's pool (in place when already on one), so that the
+    /// parallel steps inside it start and finish on pool threads instead of each waking the
+    /// calling thread.
+    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => rayon::scope(|_| f()),
+        }
+    }
 }

@@ -62,12 +62,15 @@ pub use decode::{
 pub use device::DeviceSpec;
 pub use error::{Error, KeyProblem, NonFinite, Result};
 pub use learner::Learner;
-pub use model::{Config, FastaiModel};
+pub use model::{Config, FastaiModel, Simd};
 pub use recipe::Recipe;
 pub use weights::FastaiWeights;
 
 /// Re-exported so users can name devices and tensors without adding candle themselves.
 pub use candle_core;
+/// Re-exported so users can build the thread pool [`Learner::with_thread_pool`] takes without
+/// adding rayon themselves.
+pub use rayon;
 
 /// Re-exported because its types are in this crate's signatures: [`load_image`] returns an
 /// [`image::RgbImage`], the item transforms take and return one, and decoding errors carry an

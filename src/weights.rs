@@ -17,14 +17,21 @@
 //! The format is recognised by the file's first bytes, whatever its name: a zip archive is a
 //! `.pth` (the plain state_dict of `learn.save(..., with_opt=False)` or the
 //! `{'model': ..., 'opt': ...}` of the default `learn.save`), anything else must be
-//! safetensors.
+//! safetensors. A `.pth` is read through the one opened handle by the crate's own zip and
+//! pickle readers, which execute nothing and bound every size, count and depth before
+//! allocating: the pickle may name only tensor classes, plus, inside `'opt'` (never read),
+//! fastcore's `L` and the numpy scalars `fit_one_cycle` leaves there; storages are checked
+//! against their zip entries and tensors against their storages ([`Error::InvalidWeights`]
+//! otherwise; ROBUSTNESS.md lists every limit).
 //!
 //! # Metadata
 //! A safetensors header's `__metadata__` may hold the vocab under `"vocab"` (a JSON array of
 //! strings in class-index order) and the preprocessing recipe under `"fastai_infer.recipe"`
 //! (see [`crate::recipe`] for the format). A `.pth` carries neither.
 
+mod pickle;
 mod pth;
+mod torchzip;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -75,14 +82,6 @@ fn kind_of_st(dtype: Dtype) -> Kind {
         Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::U32 | Dtype::U64 => {
             Kind::Int
         }
-        _ => Kind::Other,
-    }
-}
-
-fn kind_of_candle(dtype: DType) -> Kind {
-    match dtype {
-        DType::F32 | DType::F16 | DType::BF16 => Kind::Float,
-        DType::I64 | DType::I32 | DType::I16 | DType::U8 | DType::U32 => Kind::Int,
         _ => Kind::Other,
     }
 }
@@ -190,7 +189,9 @@ impl FastaiWeights {
         let is_pth = sniff(path, &mut file)?;
         let mmap;
         let (source, mut metadata, format) = if is_pth {
-            let p = pth::Pth::open(path).map_err(|e| st_err(path, e))?;
+            // The same handle, read once: never reopened by path.
+            let len = file.metadata().map_err(io_err)?.len();
+            let p = pth::Pth::open(file, len).map_err(|e| st_err(path, e))?;
             let format = if p.layout == "state_dict" {
                 ".pth (state_dict)"
             } else {
@@ -220,11 +221,7 @@ impl FastaiWeights {
                     )
                 })
                 .collect(),
-            Source::Pth(p) => p
-                .header()
-                .into_iter()
-                .map(|(k, (d, shape))| (k, (kind_of_candle(d), format!("{d:?}"), shape)))
-                .collect(),
+            Source::Pth(p) => p.header(),
         };
         let config = match config {
             Some(c) => {

@@ -1,5 +1,6 @@
-//! Decompression bombs are refused before any large allocation: a counting allocator records
-//! the largest single allocation made by the test's own thread while each bomb is decoded.
+//! Decompression bombs, and `.pth` files whose pickle declares huge sizes, are refused before
+//! any large allocation: a counting allocator records the largest single allocation made by
+//! the test's own thread while each bomb is decoded or loaded.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -139,6 +140,57 @@ fn bombs_are_refused_before_any_large_allocation() {
         assert!(
             largest < 1 << 20,
             "{what}: a {largest}-byte allocation before the refusal"
+        );
+    }
+}
+
+/// A torch-style zip archive holding `archive/data.pkl` = `pickle`, written by the `zip` crate.
+fn torch_zip(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", opts).unwrap();
+    z.write_all(pickle).unwrap();
+    z.finish().unwrap().into_inner()
+}
+
+#[test]
+fn hostile_pth_files_are_refused_before_any_large_allocation() {
+    // Issue 15's three files: a memo-clone bomb (a tree of 2^40 leaves in 40 shared nodes), a
+    // BINUNICODE declaring 4,294,967,280 bytes with 3 present, 2,000,000 nested TUPLE1.
+    let mut bomb = vec![0x80, 2, b')', b'q', 0];
+    for _ in 0..40 {
+        bomb.extend([b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    bomb.push(b'.');
+    let mut huge = vec![0x80, 2, b'X'];
+    huge.extend(0xFFFF_FFF0u32.to_le_bytes());
+    huge.extend(b"abc");
+    let mut deep = vec![0x80, 2, b')'];
+    deep.extend(std::iter::repeat_n(0x85, 2_000_000));
+    deep.push(b'.');
+    let dir = tempfile::tempdir().unwrap();
+    for (name, pickle, says) in [
+        ("bomb.pth", bomb, "expected a state_dict"),
+        ("huge.pth", huge, "declares 4294967280 bytes, 3 left"),
+        ("deep.pth", deep, "nested more than 100 deep"),
+    ] {
+        let p = dir.path().join(name);
+        let bytes = torch_zip(&pickle);
+        std::fs::write(&p, &bytes).unwrap();
+        LARGEST.with(|c| c.set(0));
+        let err = fastai_infer::FastaiWeights::load(&p, &fastai_infer::candle_core::Device::Cpu)
+            .unwrap_err();
+        let largest = LARGEST.with(|c| c.get());
+        assert!(
+            matches!(&err, Error::InvalidWeights { reason, .. } if reason.contains(says)),
+            "{name}: {err:?}"
+        );
+        // Nothing larger than the pickle itself (read once) plus 1 MiB.
+        assert!(
+            largest < pickle.len() + (1 << 20),
+            "{name}: a {largest}-byte allocation"
         );
     }
 }

@@ -1221,3 +1221,21 @@ async fn shutdown_turns_ready_503_first_then_drains_the_requests_in_flight() {
         "the listener is closed"
     );
 }
+
+/// A panic inside the CPU fast path (injected through the model's test hook) fails that one
+/// request with a JSON 500, never hangs the server, and the next request gets its answer.
+#[tokio::test]
+async fn a_panic_in_an_inference_is_a_500_and_the_server_keeps_serving() {
+    let path = format!("{ROOT}/weights/pets_vit_tiny.safetensors");
+    let learn = Arc::new(Learner::load(path, &Device::Cpu).unwrap());
+    let (addr, _) = serve(AppState::new(Arc::clone(&learn), Config::default())).await;
+    let body = fixture("chelsea.png");
+    let png = [("Content-Type", "image/png")];
+    assert!(learn.model().inject_fast_path_panic(3, 0), "a ViT");
+    let resp = request(addr, "POST", "/predict", &png, &body).await;
+    assert_eq!(resp.status, 500, "{}", String::from_utf8_lossy(&resp.body));
+    let err = resp.error();
+    assert!(err.contains("panicked"), "{err}");
+    let resp = request(addr, "POST", "/predict", &png, &body).await;
+    assert_prediction(&resp, "chelsea.png");
+}

@@ -27,6 +27,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 pub use convnext::ConvNeXt;
+pub use cpu::kernels::Simd;
 pub use head::{FastaiHead, HeadOptions};
 pub use resnet::ResNet;
 pub use vit::VisionTransformer;
@@ -492,6 +493,43 @@ impl FastaiModel {
     /// The device the weights live on.
     pub fn device(&self) -> candle_core::Device {
         self.head.device()
+    }
+
+    /// The instruction sets the CPU fast path uses: the ViT's (see [`Simd`]); `None` for a
+    /// ResNet or ConvNeXt, which run on candle's ops only.
+    pub fn simd(&self) -> Option<Simd> {
+        match &self.body {
+            Body::Vit(v) => Some(v.simd()),
+            _ => None,
+        }
+    }
+
+    /// This model with its ViT's CPU fast path limited to `simd` (or what the CPU supports,
+    /// if less), overriding `FASTAI_INFER_SIMD`; a ResNet or ConvNeXt is returned unchanged.
+    /// See [`VisionTransformer::with_simd`].
+    pub fn with_simd(&self, simd: Simd) -> Result<Self> {
+        let body = match &self.body {
+            Body::Vit(v) => Body::Vit(v.with_simd(simd)?),
+            other => other.clone(),
+        };
+        Ok(FastaiModel {
+            body,
+            head: self.head.clone(),
+            cfg: self.cfg.clone(),
+        })
+    }
+
+    /// A test hook: see [`VisionTransformer::inject_fast_path_panic`]. Returns whether the
+    /// model has a fast path to inject into (a ViT).
+    #[doc(hidden)]
+    pub fn inject_fast_path_panic(&self, stage: usize, task: usize) -> bool {
+        match &self.body {
+            Body::Vit(v) => {
+                v.inject_fast_path_panic(stage, task);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

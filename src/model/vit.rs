@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::cpu::packed::PackedB;
+use super::cpu::kernels::Simd;
+use super::cpu::packed::{Layout, PackedB};
 use super::{check, shape_of};
 use crate::error::{Error, Result};
 
@@ -235,43 +236,119 @@ impl Config {
     }
 }
 
-/// `nn.Linear` with its weight stored transposed, `(in_features, out_features)` row-major, the
-/// layout both candle's matmul and the CPU fast path multiply fastest. Loads PyTorch's
-/// `weight` `(out, in)` and `bias`.
+/// `nn.Linear`: `y = x · Wᵀ + b`. Loads PyTorch's `weight` `(out, in)` and `bias`.
+///
+/// On the CPU, at [`Simd::Avx2`] or above, the weight is kept only packed for the fast path's
+/// kernels (the generic candle forward pass unpacks it when it runs); otherwise it is kept
+/// transposed, `(in, out)` row-major, the layout candle's matmul and the general matmul
+/// multiply fastest.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub(crate) weight_t: Tensor,
+    pub(crate) weight: LinearWeight,
     pub(crate) bias: Option<Tensor>,
-    /// The weight packed for the CPU fast path's kernels (CPU, f32, AVX2 + FMA or AVX-512).
-    pub(crate) packed: Option<PackedB>,
+}
+
+/// A linear layer's weight `Wᵀ` `(in, out)`, in one of two forms.
+#[derive(Debug, Clone)]
+pub(crate) enum LinearWeight {
+    /// Row-major `(in, out)`, on any device.
+    Dense(Tensor),
+    /// Packed for the CPU fast path's kernels (CPU, f32, AVX2 + FMA or AVX-512).
+    Packed(PackedB),
+}
+
+impl LinearWeight {
+    /// The weight of a layer from PyTorch's `(out, in)` tensor: packed straight from it when
+    /// `level` allows and it is an f32 CPU tensor whose `out` is a multiple of 32, else
+    /// transposed.
+    fn from_out_in(w: Tensor, level: Simd) -> candle_core::Result<Self> {
+        let (out, inp) = w.dims2()?;
+        if level >= Simd::Avx2 {
+            let layout = Layout::for_level(level);
+            if let Some(Some(p)) =
+                super::cpu::with_host_slice(&w, |v| PackedB::from_out_in(v, out, inp, layout))
+            {
+                return Ok(LinearWeight::Packed(p));
+            }
+        }
+        Ok(LinearWeight::Dense(w.t()?.contiguous()?))
+    }
+
+    /// The same weight in the form a model at `level` uses (packed in `level`'s layout where
+    /// possible); the values are only moved, never recomputed.
+    fn at_level(&self, level: Simd) -> candle_core::Result<Self> {
+        let want = (level >= Simd::Avx2).then(|| Layout::for_level(level));
+        match self {
+            LinearWeight::Packed(p) if Some(p.layout()) == want => Ok(self.clone()),
+            LinearWeight::Packed(p) => {
+                let (k, n) = p.dims();
+                let values = p.unpack();
+                if let Some(layout) = want {
+                    if let Some(p) = PackedB::with_layout(&values, k, n, layout) {
+                        return Ok(LinearWeight::Packed(p));
+                    }
+                }
+                Ok(LinearWeight::Dense(Tensor::from_vec(
+                    values,
+                    (k, n),
+                    &candle_core::Device::Cpu,
+                )?))
+            }
+            LinearWeight::Dense(t) => {
+                if let Some(layout) = want {
+                    let (k, n) = t.dims2()?;
+                    if let Some(Some(p)) =
+                        super::cpu::with_host_slice(t, |v| PackedB::with_layout(v, k, n, layout))
+                    {
+                        return Ok(LinearWeight::Packed(p));
+                    }
+                }
+                Ok(self.clone())
+            }
+        }
+    }
+
+    /// `Wᵀ` `(in, out)` as a tensor (a packed weight unpacked into a new one).
+    pub(crate) fn dense(&self) -> candle_core::Result<Tensor> {
+        match self {
+            LinearWeight::Dense(t) => Ok(t.clone()),
+            LinearWeight::Packed(p) => {
+                Tensor::from_vec(p.unpack(), p.dims(), &candle_core::Device::Cpu)
+            }
+        }
+    }
 }
 
 impl Linear {
-    /// Loads `weight` `(out_dim, in_dim)` and, when `with_bias`, `bias` `(out_dim)`.
+    /// Loads `weight` `(out_dim, in_dim)` and, when `with_bias`, `bias` `(out_dim)`, for a
+    /// model at `level`.
     pub(crate) fn new(
         in_dim: usize,
         out_dim: usize,
         with_bias: bool,
         vb: VarBuilder,
+        level: Simd,
     ) -> candle_core::Result<Self> {
-        let weight_t = vb.get((out_dim, in_dim), "weight")?.t()?.contiguous()?;
+        let weight = LinearWeight::from_out_in(vb.get((out_dim, in_dim), "weight")?, level)?;
         let bias = if with_bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
-        let packed = pack(&weight_t)?;
+        Ok(Linear { weight, bias })
+    }
+
+    fn at_level(&self, level: Simd) -> candle_core::Result<Self> {
         Ok(Linear {
-            weight_t,
-            bias,
-            packed,
+            weight: self.weight.at_level(level)?,
+            bias: self.bias.clone(),
         })
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight_t)?;
+        let y = x.broadcast_matmul(&self.weight.dense()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -279,56 +356,48 @@ impl Module for Linear {
     }
 }
 
-/// Packs a transposed weight `(in, out)` for the CPU fast path when it lives in CPU memory as
-/// f32 and the CPU can run the packed kernel.
-fn pack(weight_t: &Tensor) -> candle_core::Result<Option<PackedB>> {
-    if !weight_t.device().is_cpu() || weight_t.dtype() != candle_core::DType::F32 {
-        return Ok(None);
-    }
-    let (k, n) = weight_t.dims2()?;
-    Ok(PackedB::new(
-        &weight_t.flatten_all()?.to_vec1::<f32>()?,
-        k,
-        n,
-    ))
-}
-
-fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
-    Linear::new(in_dim, out_dim, true, vb)
+fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+    level: Simd,
+) -> candle_core::Result<Linear> {
+    Linear::new(in_dim, out_dim, true, vb, level)
 }
 
 /// timm's `PatchEmbed`: a 16x16 stride-16 convolution, computed as one matmul over the
 /// flattened patches.
 #[derive(Debug, Clone)]
 pub(crate) struct PatchEmbed {
-    /// `proj.weight` reshaped to `(embed_dim, 3 * patch * patch)` and transposed.
-    pub(crate) weight_t: Tensor,
+    /// `proj.weight` reshaped to `(embed_dim, 3 * patch * patch)`, as a linear layer's.
+    pub(crate) weight: LinearWeight,
     /// `proj.bias`.
     pub(crate) bias: Tensor,
-    /// `weight_t` packed for the CPU fast path.
-    pub(crate) packed: Option<PackedB>,
     patch_size: usize,
     embed_dim: usize,
 }
 
 impl PatchEmbed {
     /// Loads `proj.weight` `(embed_dim, 3, patch, patch)` and `proj.bias`.
-    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder, level: Simd) -> candle_core::Result<Self> {
         let p = cfg.patch_size;
         let vb = vb.pp("proj");
         let w = vb.get((cfg.embed_dim, cfg.in_chans, p, p), "weight")?;
-        let weight_t = w
-            .reshape((cfg.embed_dim, cfg.in_chans * p * p))?
-            .t()?
-            .contiguous()?;
+        let weight =
+            LinearWeight::from_out_in(w.reshape((cfg.embed_dim, cfg.in_chans * p * p))?, level)?;
         let bias = vb.get(cfg.embed_dim, "bias")?;
-        let packed = pack(&weight_t)?;
         Ok(PatchEmbed {
-            weight_t,
+            weight,
             bias,
-            packed,
             patch_size: p,
             embed_dim: cfg.embed_dim,
+        })
+    }
+
+    fn at_level(&self, level: Simd) -> candle_core::Result<Self> {
+        Ok(PatchEmbed {
+            weight: self.weight.at_level(level)?,
+            ..self.clone()
         })
     }
 }
@@ -344,7 +413,9 @@ impl Module for PatchEmbed {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * gh * gw, c * p * p))?;
-        let y = patches.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        let y = patches
+            .matmul(&self.weight.dense()?)?
+            .broadcast_add(&self.bias)?;
         y.reshape((b, gh * gw, self.embed_dim))
     }
 }
@@ -360,11 +431,11 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// Loads `qkv.*` and `proj.*`.
-    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder, level: Simd) -> candle_core::Result<Self> {
         let dim = cfg.embed_dim;
         Ok(Attention {
-            qkv: linear(dim, dim * 3, vb.pp("qkv"))?,
-            proj: linear(dim, dim, vb.pp("proj"))?,
+            qkv: linear(dim, dim * 3, vb.pp("qkv"), level)?,
+            proj: linear(dim, dim, vb.pp("proj"), level)?,
             num_heads: cfg.num_heads,
             scale: 1.0 / ((dim / cfg.num_heads) as f64).sqrt(),
         })
@@ -399,11 +470,11 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     /// Loads `fc1.*` and `fc2.*`.
-    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder, level: Simd) -> candle_core::Result<Self> {
         let hidden = cfg.mlp_hidden();
         Ok(Mlp {
-            fc1: linear(cfg.embed_dim, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, cfg.embed_dim, vb.pp("fc2"))?,
+            fc1: linear(cfg.embed_dim, hidden, vb.pp("fc1"), level)?,
+            fc2: linear(hidden, cfg.embed_dim, vb.pp("fc2"), level)?,
         })
     }
 }
@@ -429,13 +500,22 @@ fn ln(cfg: &Config, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
 
 impl Block {
     /// Loads `norm1`, `attn`, `norm2`, `mlp`.
-    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder, level: Simd) -> candle_core::Result<Self> {
         Ok(Block {
             norm1: ln(cfg, vb.pp("norm1"))?,
-            attn: Attention::new(cfg, vb.pp("attn"))?,
+            attn: Attention::new(cfg, vb.pp("attn"), level)?,
             norm2: ln(cfg, vb.pp("norm2"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), level)?,
         })
+    }
+
+    fn at_level(&self, level: Simd) -> candle_core::Result<Self> {
+        let mut b = self.clone();
+        b.attn.qkv = b.attn.qkv.at_level(level)?;
+        b.attn.proj = b.attn.proj.at_level(level)?;
+        b.mlp.fc1 = b.mlp.fc1.at_level(level)?;
+        b.mlp.fc2 = b.mlp.fc2.at_level(level)?;
+        Ok(b)
     }
 }
 
@@ -456,27 +536,65 @@ pub struct VisionTransformer {
     pub(crate) blocks: Vec<Block>,
     pub(crate) norm: LayerNorm,
     pub(crate) cfg: Config,
+    /// The instruction sets the CPU fast path uses for this model.
+    pub(crate) simd: Simd,
     /// Reused buffers of the CPU fast path.
     pub(crate) workspaces: super::cpu::WorkspacePool,
 }
 
 impl VisionTransformer {
     /// Loads the body from `vb` rooted at timm's names (fastai's `0.model.`), after
-    /// [`Config::validate`].
+    /// [`Config::validate`], for the CPU fast path at [`Simd::from_env`].
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::with_level(cfg, vb, Simd::from_env())
+    }
+
+    fn with_level(cfg: &Config, vb: VarBuilder, level: Simd) -> Result<Self> {
         cfg.validate()?;
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
+            .map(|i| Block::new(cfg, vb.pp("blocks").pp(i), level))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(VisionTransformer {
-            patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"))?,
+            patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"), level)?,
             cls_token: vb.get((1, 1, cfg.embed_dim), "cls_token")?,
             pos_embed: vb.get((1, cfg.num_patches() + 1, cfg.embed_dim), "pos_embed")?,
             blocks,
             norm: ln(cfg, vb.pp("norm"))?,
             cfg: cfg.clone(),
+            simd: level,
             workspaces: Default::default(),
         })
+    }
+
+    /// The instruction sets the CPU fast path uses for this model.
+    pub fn simd(&self) -> Simd {
+        self.simd
+    }
+
+    /// This model with the CPU fast path limited to `simd` (or what the CPU supports, if less):
+    /// the weights are repacked for that level's kernels (or unpacked for the baseline's
+    /// general matmul). The outputs are the same bits at AVX2 and AVX-512.
+    pub fn with_simd(&self, simd: Simd) -> Result<Self> {
+        let level = simd.supported();
+        Ok(VisionTransformer {
+            patch_embed: self.patch_embed.at_level(level)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.at_level(level))
+                .collect::<candle_core::Result<_>>()?,
+            simd: level,
+            workspaces: Default::default(),
+            ..self.clone()
+        })
+    }
+
+    /// A test hook: the next forward pass on the CPU fast path panics in task `task` of stage
+    /// `stage` (stage 0 is the embedding, stage `i + 1` block `i`), as a bug there would. The
+    /// pass then returns an error and the model keeps working.
+    #[doc(hidden)]
+    pub fn inject_fast_path_panic(&self, stage: usize, task: usize) {
+        self.workspaces.inject_panic(stage, task);
     }
 
     /// The forward pass built from generic candle ops, on any device. [`Module::forward`]

@@ -72,30 +72,99 @@ impl MulAdd for Separate {
     }
 }
 
-/// The instruction sets the CPU fast path may use, best last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Simd {
-    /// The baseline target only.
+/// The instruction sets the CPU fast path may use, best last: a model's choice
+/// ([`crate::Learner::with_simd`], `FastaiModel::with_simd`), capped by what the CPU supports.
+///
+/// Every level gives fastai's answers; AVX2 and AVX-512 give the same bits as each other, and
+/// the baseline differs from them by rounding (its general matmul blocks by batch size, and
+/// its polynomials are not fused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Simd {
+    /// The baseline target only (SSE2 on x86-64), with the general matmul.
     Baseline,
-    /// AVX2 and FMA.
+    /// AVX2 and FMA, with the packed weights' kernels.
     Avx2,
     /// AVX-512 (F, VL, DQ) besides AVX2 and FMA.
     Avx512,
 }
 
-/// What this CPU supports, capped by the `FASTAI_INFER_SIMD` environment variable (`avx512`,
-/// `avx2` or `baseline`, read once) so the slower paths can be exercised and compared on any
-/// machine.
+impl Simd {
+    /// The best level this CPU supports.
+    pub fn detected() -> Simd {
+        detect()
+    }
+
+    /// The level a model gets when it is built: [`Simd::detected`], capped by the
+    /// `FASTAI_INFER_SIMD` environment variable (`avx512`, `avx2` or `baseline`) as it is at
+    /// that moment. Read on every load, so setting the variable affects the models loaded
+    /// after.
+    pub fn from_env() -> Simd {
+        detect().min(env_cap())
+    }
+
+    /// This level, or the best the CPU supports if that is lower.
+    pub fn supported(self) -> Simd {
+        self.min(detect())
+    }
+
+    /// The level's name as `FASTAI_INFER_SIMD` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+}
+
+impl std::fmt::Display for Simd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The cap `FASTAI_INFER_SIMD` sets now (none: AVX-512).
+fn env_cap() -> Simd {
+    match std::env::var("FASTAI_INFER_SIMD").as_deref() {
+        Ok("baseline") => Simd::Baseline,
+        Ok("avx2") => Simd::Avx2,
+        _ => Simd::Avx512,
+    }
+}
+
+thread_local! {
+    /// The level of the forward pass this thread is running a task of ([`with_level`]), as
+    /// `Simd as u8 + 1`; 0 outside one.
+    static PASS_LEVEL: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the kernels limited to `level` on this thread (the fast path sets its model's
+/// level around each task).
+pub(crate) fn with_level<R>(level: Simd, f: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PASS_LEVEL.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(PASS_LEVEL.with(|l| l.replace(level as u8 + 1)));
+    f()
+}
+
+/// The level the kernels run at on this thread: the current forward pass's model's level
+/// ([`with_level`]), else the process default, [`Simd::from_env`] read once (the transforms'
+/// AVX2 loops, whose results do not depend on it, use that).
 pub(crate) fn simd() -> Simd {
-    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let cap = match std::env::var("FASTAI_INFER_SIMD").as_deref() {
-            Ok("baseline") => Simd::Baseline,
-            Ok("avx2") => Simd::Avx2,
-            _ => Simd::Avx512,
-        };
-        detect().min(cap)
-    })
+    match PASS_LEVEL.with(|l| l.get()) {
+        1 => Simd::Baseline,
+        2 => Simd::Avx2,
+        3 => Simd::Avx512,
+        _ => {
+            static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+            *LEVEL.get_or_init(Simd::from_env)
+        }
+    }
 }
 
 fn detect() -> Simd {
@@ -364,6 +433,8 @@ mod tests {
                 xs.len()
             );
             assert!(worst(&ours) <= 2.5e-7, "worst {}", worst(&ours));
+        } else {
+            eprintln!("skipped: the fused (AVX2 + FMA) GELU's bars (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
         }
         let baseline: Vec<f32> = xs.iter().map(|&x| gelu::<Separate>(x)).collect();
         assert!(

@@ -22,10 +22,11 @@ mod team;
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 use std::sync::{Arc, Mutex};
 
-use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows};
+use self::kernels::{add_bias_rows, bias_gelu_rows, layer_norm_rows, softmax_rows, Simd};
 use self::matmul::{matmul, MatRef};
 use self::packed::{matmul_packed, pack_rows, pack_transposed, PackedB, PackedRef};
-use self::team::{run_stages, Shared};
+use self::team::{run_stages, Shared, TaskPanic};
+use super::vit::LinearWeight;
 use super::VisionTransformer;
 
 /// Rows per tile: keeps a tile's MLP activations (`TILE x 4 * embed_dim`) in L2.
@@ -65,10 +66,14 @@ impl<'a> Host<'a> {
     }
 }
 
-/// A linear layer's transposed weight `(in, out)` row-major, its packed form when there is
-/// one, and its bias.
+/// Runs `f` on the elements of `t` when it is a contiguous f32 tensor in CPU memory.
+pub(crate) fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    Host::new(t).map(|h| f(h.slice()))
+}
+
+/// A linear layer's weight: transposed `(in, out)` row-major, or packed; and its bias.
 struct LinW<'a> {
-    w: &'a [f32],
+    w: Option<&'a [f32]>,
     packed: Option<&'a PackedB>,
     b: &'a [f32],
 }
@@ -89,12 +94,13 @@ impl LinW<'_> {
         accumulate: bool,
         bias: bool,
     ) {
-        match self.packed {
-            Some(p) if packed::available() && p.view().k == k && p.view().n == n => {
+        match (self.packed, self.w) {
+            (Some(p), _) if packed::available() && p.view().k == k && p.view().n == n => {
                 let b = bias.then_some(self.b);
                 matmul_packed(m, x, k, p.view(), dst, dst_row_stride, accumulate, b)
             }
-            _ => {
+            (_, None) => panic!("internal: a packed weight without the kernels to run it"),
+            (_, Some(w)) => {
                 if bias {
                     for row in dst.chunks_mut(dst_row_stride).take(m) {
                         let row = &mut row[..n];
@@ -113,7 +119,7 @@ impl LinW<'_> {
                     dst_row_stride,
                     accumulate || bias,
                     MatRef::rows(x, k),
-                    MatRef::rows(self.w, n),
+                    MatRef::rows(w, n),
                     1.0,
                 )
             }
@@ -182,11 +188,28 @@ pub(crate) struct Workspace {
     balance: Balance,
 }
 
+/// How much larger than its last pass needed a workspace may stay (32 MiB of floats): below
+/// this, alternating batch sizes keep their buffers (reallocating them costs a page fault per
+/// 4 KiB every time), above it a large batch's buffers are given back.
+const TRIM_SLACK_FLOATS: usize = 8 << 20;
+
 /// Workspaces shared by clones of a model; each concurrent forward pass takes its own, so the
-/// pool holds at most as many as there were simultaneous calls. A pool for batch `B` holds
+/// pool holds at most as many as there were simultaneous calls. A workspace for batch `B` holds
 /// about `B * tokens * 7 * embed_dim` floats (34 MB for ViT-tiny at batch 32).
+///
+/// A pass takes the idle workspace whose buffers fit its batch most closely, and a workspace
+/// more than twice as large as its pass needed (after a large batch), by more than 32 MiB, is
+/// trimmed to that pass's size when it comes back, so memory follows the batches being run rather than the
+/// largest ever. Idle workspaces beyond the pool's thread count are dropped.
 #[derive(Clone, Default)]
-pub(crate) struct WorkspacePool(Arc<Mutex<Vec<Workspace>>>);
+pub(crate) struct WorkspacePool(Arc<Mutex<PoolState>>);
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Workspace>,
+    /// The test hook's panic for the next pass: `(stage, task)`.
+    inject_panic: Option<(usize, usize)>,
+}
 
 impl std::fmt::Debug for WorkspacePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,17 +218,69 @@ impl std::fmt::Debug for WorkspacePool {
 }
 
 impl WorkspacePool {
-    fn take(&self) -> Workspace {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.0
             .lock()
-            .ok()
-            .and_then(|mut v| v.pop())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn give_back(&self, ws: Workspace) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(ws);
+    /// A workspace for a pass whose large buffers need `need` floats (the best-fitting idle
+    /// one, or a new one), and the test hook's panic if one is set.
+    fn take(&self, need: usize) -> (Workspace, Option<(usize, usize)>) {
+        let mut st = self.lock();
+        let inject = st.inject_panic.take();
+        // The smallest idle workspace that is large enough, else the largest.
+        let best = st
+            .idle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| {
+                let have = w.floats();
+                (
+                    have < need,
+                    if have < need { usize::MAX - have } else { have },
+                )
+            })
+            .map(|(i, _)| i);
+        let ws = best.map(|i| st.idle.swap_remove(i)).unwrap_or_default();
+        (ws, inject)
+    }
+
+    /// Returns a workspace after a pass that needed `need` floats, trimmed to that if it is
+    /// more than twice as large and more than [`TRIM_SLACK_FLOATS`] larger.
+    fn give_back(&self, mut ws: Workspace, need: usize) {
+        let have = ws.floats();
+        if have > 2 * need && have - need > TRIM_SLACK_FLOATS {
+            ws.trim(need);
+        }
+        let mut st = self.lock();
+        if st.idle.len() < rayon::current_num_threads().max(2) {
+            st.idle.push(ws);
+        }
+    }
+
+    /// Sets the test hook's panic for the next pass.
+    pub(crate) fn inject_panic(&self, stage: usize, task: usize) {
+        self.lock().inject_panic = Some((stage, task));
+    }
+}
+
+impl Workspace {
+    /// Floats held by the pass-wide buffers (`x` and the two `qkv`).
+    fn floats(&self) -> usize {
+        self.x.capacity() + self.qkv[0].capacity() + self.qkv[1].capacity()
+    }
+
+    /// Shrinks the pass-wide buffers to what a pass needing `need` floats uses (`x` is a
+    /// seventh of it, each `qkv` three sevenths).
+    fn trim(&mut self, need: usize) {
+        let rows_d = need / 7;
+        let [q0, q1] = &mut self.qkv;
+        for (v, len) in [(&mut self.x, rows_d), (q0, 3 * rows_d), (q1, 3 * rows_d)] {
+            // A new allocation, so that the large one is freed (and returned to the system).
+            let mut small = Vec::with_capacity(len);
+            small.extend_from_slice(&v[..len.min(v.len())]);
+            *v = small;
         }
     }
 }
@@ -218,8 +293,58 @@ fn at_least(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
+/// Adds `t` to the tensors read as slices; returns its index.
+fn push<'v>(tensors: &mut Vec<&'v Tensor>, t: &'v Tensor) -> usize {
+    tensors.push(t);
+    tensors.len() - 1
+}
+
+/// A linear layer before its tensors are read: the dense weight's index (when not packed),
+/// the packed weight, and the bias's index.
+struct LinIdx<'v> {
+    dense: Option<usize>,
+    packed: Option<&'v PackedB>,
+    bias: usize,
+}
+
+impl<'v> LinIdx<'v> {
+    fn new(tensors: &mut Vec<&'v Tensor>, w: &'v LinearWeight, bias: &'v Tensor) -> Self {
+        let (dense, packed) = match w {
+            LinearWeight::Dense(t) => (Some(push(tensors, t)), None),
+            LinearWeight::Packed(p) => (None, Some(p)),
+        };
+        LinIdx {
+            dense,
+            packed,
+            bias: push(tensors, bias),
+        }
+    }
+
+    fn resolve<'a>(&self, s: &[&'a [f32]]) -> LinW<'a>
+    where
+        'v: 'a,
+    {
+        LinW {
+            w: self.dense.map(|i| s[i]),
+            packed: self.packed,
+            b: s[self.bias],
+        }
+    }
+}
+
+/// One block's tensors as indices (see [`LinIdx`]).
+struct BlockIdx<'v> {
+    norm1: (usize, usize),
+    qkv: LinIdx<'v>,
+    proj: LinIdx<'v>,
+    norm2: (usize, usize),
+    fc1: LinIdx<'v>,
+    fc2: LinIdx<'v>,
+}
+
 /// Runs the body on the CPU fast path, or returns `None` when it does not apply (weights or
-/// input not f32 in CPU memory, or an input shape the generic path should reject).
+/// input not f32 in CPU memory, or an input shape the generic path should reject). A panic in
+/// the pass (a bug) comes back as an error, with every thread released.
 pub(crate) fn vit_forward(
     vit: &VisionTransformer,
     x: &Tensor,
@@ -240,12 +365,12 @@ pub(crate) fn vit_forward(
         return Ok(None);
     };
 
-    let mut tensors: Vec<&Tensor> = vec![
-        &vit.patch_embed.weight_t,
-        &vit.patch_embed.bias,
-        &vit.cls_token,
-        &vit.pos_embed,
-    ];
+    let mut tensors: Vec<&Tensor> = Vec::new();
+    let pe = &vit.patch_embed;
+    let embed_idx = LinIdx::new(&mut tensors, &pe.weight, &pe.bias);
+    let cls_idx = push(&mut tensors, &vit.cls_token);
+    let pos_idx = push(&mut tensors, &vit.pos_embed);
+    let mut block_idx = Vec::with_capacity(vit.blocks.len());
     for b in &vit.blocks {
         let (Some(qkv_b), Some(proj_b), Some(fc1_b), Some(fc2_b)) = (
             b.attn.qkv.bias.as_ref(),
@@ -258,25 +383,28 @@ pub(crate) fn vit_forward(
         let (Some(n1b), Some(n2b)) = (b.norm1.bias(), b.norm2.bias()) else {
             return Ok(None);
         };
-        tensors.extend([
-            b.norm1.weight(),
-            n1b,
-            &b.attn.qkv.weight_t,
-            qkv_b,
-            &b.attn.proj.weight_t,
-            proj_b,
-            b.norm2.weight(),
-            n2b,
-            &b.mlp.fc1.weight_t,
-            fc1_b,
-            &b.mlp.fc2.weight_t,
-            fc2_b,
-        ]);
+        block_idx.push(BlockIdx {
+            norm1: (
+                push(&mut tensors, b.norm1.weight()),
+                push(&mut tensors, n1b),
+            ),
+            qkv: LinIdx::new(&mut tensors, &b.attn.qkv.weight, qkv_b),
+            proj: LinIdx::new(&mut tensors, &b.attn.proj.weight, proj_b),
+            norm2: (
+                push(&mut tensors, b.norm2.weight()),
+                push(&mut tensors, n2b),
+            ),
+            fc1: LinIdx::new(&mut tensors, &b.mlp.fc1.weight, fc1_b),
+            fc2: LinIdx::new(&mut tensors, &b.mlp.fc2.weight, fc2_b),
+        });
     }
     let Some(norm_b) = vit.norm.bias() else {
         return Ok(None);
     };
-    tensors.extend([vit.norm.weight(), norm_b]);
+    let norm_idx = (
+        push(&mut tensors, vit.norm.weight()),
+        push(&mut tensors, norm_b),
+    );
     let Some(hosts) = tensors
         .iter()
         .map(|t| Host::new(t))
@@ -285,35 +413,18 @@ pub(crate) fn vit_forward(
         return Ok(None);
     };
     let s: Vec<&[f32]> = hosts.iter().map(Host::slice).collect();
-    let blocks: Vec<BlockW> = s[4..4 + 12 * vit.blocks.len()]
-        .chunks_exact(12)
-        .zip(&vit.blocks)
-        .map(|(c, b)| BlockW {
-            norm1: (c[0], c[1]),
-            qkv: LinW {
-                w: c[2],
-                packed: b.attn.qkv.packed.as_ref(),
-                b: c[3],
-            },
-            proj: LinW {
-                w: c[4],
-                packed: b.attn.proj.packed.as_ref(),
-                b: c[5],
-            },
-            norm2: (c[6], c[7]),
-            fc1: LinW {
-                w: c[8],
-                packed: b.mlp.fc1.packed.as_ref(),
-                b: c[9],
-            },
-            fc2: LinW {
-                w: c[10],
-                packed: b.mlp.fc2.packed.as_ref(),
-                b: c[11],
-            },
+    let blocks: Vec<BlockW> = block_idx
+        .iter()
+        .map(|bi| BlockW {
+            norm1: (s[bi.norm1.0], s[bi.norm1.1]),
+            qkv: bi.qkv.resolve(&s),
+            proj: bi.proj.resolve(&s),
+            norm2: (s[bi.norm2.0], s[bi.norm2.1]),
+            fc1: bi.fc1.resolve(&s),
+            fc2: bi.fc2.resolve(&s),
         })
         .collect();
-    let final_norm = (s[s.len() - 2], s[s.len() - 1]);
+    let final_norm = (s[norm_idx.0], s[norm_idx.1]);
 
     let grid = cfg.img_size / cfg.patch_size;
     let dm = Dims {
@@ -328,35 +439,56 @@ pub(crate) fn vit_forward(
         img: cfg.img_size,
         eps: cfg.layer_norm_eps as f32,
     };
-    let mut ws = vit.workspaces.take();
     let embed = Embed {
-        proj: LinW {
-            w: s[0],
-            packed: vit.patch_embed.packed.as_ref(),
-            b: s[1],
-        },
-        cls: s[2],
-        pos: s[3],
+        proj: embed_idx.resolve(&s),
+        cls: s[cls_idx],
+        pos: s[pos_idx],
     };
+    // The pass-wide buffers' floats: `x` (`d` per row) and the two `qkv` (`3 * d` each).
+    let need = 7 * batch * dm.n * dm.d;
+    let (mut ws, inject_panic) = vit.workspaces.take(need);
+    let level = vit.simd;
     // Inside the thread pool: the pass's stages then run on pool threads, and the calling
     // thread is woken once, at the end.
     let out = rayon::scope(|_| {
-        run(
-            input.slice(),
-            batch,
-            &dm,
-            &embed,
-            &blocks,
-            final_norm,
-            &mut ws,
-        )
+        kernels::with_level(level, || {
+            run(
+                input.slice(),
+                batch,
+                &dm,
+                &embed,
+                &blocks,
+                final_norm,
+                &mut ws,
+                Pass {
+                    level,
+                    inject_panic,
+                },
+            )
+        })
     });
-    vit.workspaces.give_back(ws);
-    Ok(Some(Tensor::from_vec(
-        out,
-        (batch, dm.d),
-        &candle_core::Device::Cpu,
-    )?))
+    match out {
+        Ok(out) => {
+            vit.workspaces.give_back(ws, need);
+            Ok(Some(Tensor::from_vec(
+                out,
+                (batch, dm.d),
+                &candle_core::Device::Cpu,
+            )?))
+        }
+        // The workspace is dropped: a pass that panicked may have left it half updated.
+        Err(p) => Err(candle_core::Error::Msg(format!(
+            "the CPU fast path failed (a bug): a task panicked: {}",
+            p.message()
+        ))),
+    }
+}
+
+/// How a pass runs: its model's instruction sets, and the test hook's panic.
+#[derive(Clone, Copy)]
+struct Pass {
+    level: Simd,
+    inject_panic: Option<(usize, usize)>,
 }
 
 /// The whole body on `batch` images: returns the final-normed class tokens, `(batch, d)`.
@@ -366,6 +498,7 @@ pub(crate) fn vit_forward(
 /// each chunk's rows, reading every row's keys and values from `qkv[i % 2]` and writing the
 /// next block's `qkv` rows to `qkv[(i + 1) % 2]`; the last block's stage runs the class
 /// tokens only, one group of images per task.
+#[allow(clippy::too_many_arguments)]
 fn run(
     input: &[f32],
     batch: usize,
@@ -374,7 +507,8 @@ fn run(
     blocks: &[BlockW],
     final_norm: (&[f32], &[f32]),
     ws: &mut Workspace,
-) -> Vec<f32> {
+    pass: Pass,
+) -> Result<Vec<f32>, TaskPanic> {
     let Dims { d, n, .. } = *dm;
     let rows = batch * n;
     let threads = rayon::current_num_threads().max(1);
@@ -416,68 +550,72 @@ fn run(
         (b[c], b[c + 1])
     };
 
+    let task = |stage: usize, c: usize| {
+        let start = std::time::Instant::now();
+        // SAFETY: task `c` is the only one using scratch `c`.
+        let mut sc = unsafe { scratch.range_mut(c..c + 1) };
+        let sc = &mut sc[0];
+        sc.kv_image = None;
+        if stage == layers && stage > 0 {
+            // The last block: only the class tokens reach the output (timm's token
+            // pooling reads `x[:, 0]` after the final norm), and every row is computed
+            // independently of the others given the keys and values, so the other rows'
+            // attention and MLP are skipped. Their keys and values are all read.
+            let blk = &blocks[stage - 1];
+            // SAFETY: this stage writes no `qkv` buffer, and the image groups' rows of
+            // `x` are disjoint.
+            let (cur, mut xg) = unsafe {
+                let g = (c * per_group).min(batch)..((c + 1) * per_group).min(batch);
+                (
+                    qkv[(stage - 1) % 2].all(),
+                    xs.range_mut(g.start * n * d..g.end * n * d),
+                )
+            };
+            for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
+                let row0 = (c * per_group + j) * n;
+                let cls = &mut image[..d];
+                attention_tile(&cur, row0, cls, sc, dm, blk);
+                mlp_tile(cls, sc, dm, blk);
+            }
+            return;
+        }
+        let (lo, hi) = bounds(c);
+        // SAFETY: during a stage the chunks' rows are disjoint (the bounds change only
+        // between stages), and a stage writes `qkv[stage % 2]` and reads only the other.
+        let (mut xc, mut qc) = unsafe {
+            (
+                xs.range_mut(lo * d..hi * d),
+                qkv[stage % 2].range_mut(lo * 3 * d..hi * 3 * d),
+            )
+        };
+        if stage == 0 {
+            for_each_tile(lo, &mut xc, &mut qc, sc, tile, d, |row0, xt, qt, sc| {
+                embed_tile(input, row0, xt, sc, dm, embed);
+                if let Some(first) = blocks.first() {
+                    norm_qkv_tile(xt, qt, sc, dm, first);
+                }
+            });
+        } else {
+            let (blk, next_blk) = (&blocks[stage - 1], blocks.get(stage));
+            // SAFETY: see above: nothing writes `qkv[(stage - 1) % 2]` in this stage.
+            let cur = unsafe { qkv[(stage - 1) % 2].all() };
+            for_each_tile(lo, &mut xc, &mut qc, sc, tile, d, |row0, xt, qt, sc| {
+                attention_tile(&cur, row0, xt, sc, dm, blk);
+                mlp_tile(xt, sc, dm, blk);
+                if let Some(nb) = next_blk {
+                    norm_qkv_tile(xt, qt, sc, dm, nb);
+                }
+            });
+        }
+        let mut plan = plan.lock().unwrap_or_else(|e| e.into_inner());
+        plan.1[c] = start.elapsed().as_secs_f64();
+    };
     run_stages(
         1 + layers,
         chunks,
-        |stage, c| {
-            let start = std::time::Instant::now();
-            // SAFETY: task `c` is the only one using scratch `c`.
-            let sc = unsafe { &mut scratch.range_mut(c..c + 1)[0] };
-            sc.kv_image = None;
-            if stage == layers && stage > 0 {
-                // The last block: only the class tokens reach the output (timm's token
-                // pooling reads `x[:, 0]` after the final norm), and every row is computed
-                // independently of the others given the keys and values, so the other rows'
-                // attention and MLP are skipped. Their keys and values are all read.
-                let blk = &blocks[stage - 1];
-                // SAFETY: this stage writes no `qkv` buffer, and the image groups' rows of
-                // `x` are disjoint.
-                let (cur, xg) = unsafe {
-                    let g = (c * per_group).min(batch)..((c + 1) * per_group).min(batch);
-                    (
-                        qkv[(stage - 1) % 2].all(),
-                        xs.range_mut(g.start * n * d..g.end * n * d),
-                    )
-                };
-                for (j, image) in xg.chunks_exact_mut(n * d).enumerate() {
-                    let row0 = (c * per_group + j) * n;
-                    let cls = &mut image[..d];
-                    attention_tile(cur, row0, cls, sc, dm, blk);
-                    mlp_tile(cls, sc, dm, blk);
-                }
-                return;
-            }
-            let (lo, hi) = bounds(c);
-            // SAFETY: during a stage the chunks' rows are disjoint (the bounds change only
-            // between stages), and a stage writes `qkv[stage % 2]` and reads only the other.
-            let (xc, qc) = unsafe {
-                (
-                    xs.range_mut(lo * d..hi * d),
-                    qkv[stage % 2].range_mut(lo * 3 * d..hi * 3 * d),
-                )
-            };
-            if stage == 0 {
-                for_each_tile(lo, xc, qc, sc, tile, d, |row0, xt, qt, sc| {
-                    embed_tile(input, row0, xt, sc, dm, embed);
-                    if let Some(first) = blocks.first() {
-                        norm_qkv_tile(xt, qt, sc, dm, first);
-                    }
-                });
-            } else {
-                let (blk, next_blk) = (&blocks[stage - 1], blocks.get(stage));
-                // SAFETY: see above: nothing writes `qkv[(stage - 1) % 2]` in this stage.
-                let cur = unsafe { qkv[(stage - 1) % 2].all() };
-                for_each_tile(lo, xc, qc, sc, tile, d, |row0, xt, qt, sc| {
-                    attention_tile(cur, row0, xt, sc, dm, blk);
-                    mlp_tile(xt, sc, dm, blk);
-                    if let Some(nb) = next_blk {
-                        norm_qkv_tile(xt, qt, sc, dm, nb);
-                    }
-                });
-            }
-            let mut plan = plan.lock().unwrap_or_else(|e| e.into_inner());
-            plan.1[c] = start.elapsed().as_secs_f64();
-        },
+        pass.inject_panic,
+        // Each task runs at the model's level on whichever thread takes it.
+        |stage, c| kernels::with_level(pass.level, || task(stage, c)),
         |stage| {
             // After each whole block, the split moves towards the chunks' measured speeds.
             if stage > 0 && stage < layers {
@@ -486,14 +624,14 @@ fn run(
                 balance.update(secs);
             }
         },
-    );
+    )?;
 
     let mut out = vec![0f32; batch * d];
     for (b, o) in out.chunks_exact_mut(d).enumerate() {
         let cls = &x[b * n * d..(b * n + 1) * d];
         layer_norm_rows(cls, o, final_norm.0, final_norm.1, dm.eps);
     }
-    out
+    Ok(out)
 }
 
 /// Runs `f(first_global_row, x_tile, qkv_tile, scratch)` on a chunk of rows starting at global

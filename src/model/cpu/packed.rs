@@ -41,6 +41,15 @@ impl Layout {
         }
     }
 
+    /// The layout of the kernel a model at `level` runs (AVX-512: [`Layout::Rows32`]).
+    pub(crate) fn for_level(level: super::kernels::Simd) -> Self {
+        if level >= super::kernels::Simd::Avx512 {
+            Layout::Rows32
+        } else {
+            Layout::Halves16
+        }
+    }
+
     /// Values per stored row.
     fn width(self) -> usize {
         match self {
@@ -58,7 +67,7 @@ impl Layout {
 
 /// A `k x n` row-major matrix (a transposed `nn.Linear` weight) stored as `n / 32` panels of
 /// `k x 32` values each, laid out as [`Layout`] says.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct PackedB {
     k: usize,
     n: usize,
@@ -66,30 +75,74 @@ pub(crate) struct PackedB {
     data: Arc<[f32]>,
 }
 
-impl PackedB {
-    /// Packs `b` (`k x n`, row-major), or `None` when `n` is not a multiple of 32 or this CPU
-    /// lacks AVX2 + FMA (callers then use the general matmul).
-    pub(crate) fn new(b: &[f32], k: usize, n: usize) -> Option<Self> {
-        Self::with_layout(b, k, n, Layout::preferred())
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedB")
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
     }
+}
 
-    /// [`Self::new`] in a given layout.
+impl PackedB {
+    /// Packs `b` (`k x n`, row-major) in a given layout, or `None` when `n` is not a multiple
+    /// of 32 or this CPU lacks AVX2 + FMA (callers then use the general matmul).
     pub(crate) fn with_layout(b: &[f32], k: usize, n: usize, layout: Layout) -> Option<Self> {
-        if n == 0 || k == 0 || !n.is_multiple_of(NR) || b.len() != k * n || !available() {
+        if b.len() != k * n {
             return None;
         }
-        let mut data = vec![0f32; k * n];
-        for (kk, row) in b.chunks_exact(n).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                data[layout.index(k, kk, j)] = v;
+        Self::build(k, n, layout, |kk, j| b[kk * n + j])
+    }
+
+    /// Packs the transpose of a PyTorch `nn.Linear` weight `w` (`out x in`, row-major): the
+    /// `in x out` matrix the layer multiplies by, without making the transposed copy first.
+    pub(crate) fn from_out_in(w: &[f32], out: usize, inp: usize, layout: Layout) -> Option<Self> {
+        if w.len() != out * inp {
+            return None;
+        }
+        Self::build(inp, out, layout, |kk, j| w[j * inp + kk])
+    }
+
+    /// A `k x n` matrix packed from `at(row, column)`, written once into its final allocation.
+    fn build(k: usize, n: usize, layout: Layout, at: impl Fn(usize, usize) -> f32) -> Option<Self> {
+        let cpu_ok = super::kernels::Simd::detected() >= super::kernels::Simd::Avx2;
+        if n == 0 || k == 0 || !n.is_multiple_of(NR) || !cpu_ok {
+            return None;
+        }
+        // Element `i` of the packed data, in storage order (`Layout::index` inverted): panel
+        // `i / (k * 32)`, then block, row and column within the panel.
+        let w = layout.width();
+        let data: Arc<[f32]> = (0..k * n)
+            .map(|i| {
+                let (panel, r) = (i / (k * NR), i % (k * NR));
+                let (block, r) = (r / (k * w), r % (k * w));
+                let (kk, jj) = (r / w, r % w);
+                at(kk, panel * NR + block * w + jj)
+            })
+            .collect();
+        Some(PackedB { k, n, layout, data })
+    }
+
+    /// The matrix back as `k x n` row-major values (exact: packing only moves them).
+    pub(crate) fn unpack(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.k * self.n];
+        for kk in 0..self.k {
+            for j in 0..self.n {
+                out[kk * self.n + j] = self.data[self.layout.index(self.k, kk, j)];
             }
         }
-        Some(PackedB {
-            k,
-            n,
-            layout,
-            data: data.into(),
-        })
+        out
+    }
+
+    /// `(k, n)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// How the panels are stored.
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// A borrowed view for [`matmul_packed`].
@@ -628,8 +681,9 @@ mod tests {
             .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
             .collect();
         for layout in LAYOUTS {
-            let Some(packed) = PackedB::with_layout(&b, k, n, layout) else {
-                eprintln!("no AVX2 + FMA here: packed kernel not exercised");
+            let Some(packed) = PackedB::with_layout(&b, k, n, layout).filter(|_| available())
+            else {
+                eprintln!("skipped: packed kernel test (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
                 return;
             };
             for m in [1, 5, 6, 7, 13] {
@@ -695,6 +749,30 @@ mod tests {
         }
     }
 
+    /// Packing a PyTorch `(out, in)` weight directly gives the bytes of packing its
+    /// transpose, and unpacking gives the transpose back exactly.
+    #[test]
+    fn packing_from_out_in_and_unpacking_round_trip() {
+        let (out, inp) = (64, 23);
+        let w: Vec<f32> = (0..out * inp).map(|i| (i as f32 * 0.37).sin()).collect();
+        let wt: Vec<f32> = (0..inp * out)
+            .map(|i| w[(i % out) * inp + i / out])
+            .collect();
+        for layout in LAYOUTS {
+            let Some(a) = PackedB::from_out_in(&w, out, inp, layout).filter(|_| available()) else {
+                eprintln!(
+                    "skipped: packing test (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)"
+                );
+                return;
+            };
+            let b = PackedB::with_layout(&wt, inp, out, layout).expect("AVX2 present");
+            assert_eq!(&a.data[..], &b.data[..], "{layout:?}");
+            assert_eq!(a.dims(), (inp, out));
+            assert_eq!(a.unpack(), wt, "{layout:?}");
+            assert!(PackedB::from_out_in(&w[1..], out, inp, layout).is_none());
+        }
+    }
+
     /// The AVX2 transposing pack writes the same values as the scalar loop it replaces, for
     /// a ViT-tiny head (64 values) over 197 tokens and for row counts around multiples of 8.
     #[test]
@@ -727,8 +805,9 @@ mod tests {
         let b: Vec<f32> = (0..k * n)
             .map(|i| ((i * 13) % 29) as f32 / 7.0 - 2.0)
             .collect();
-        let Some(rows) = PackedB::with_layout(&b, k, n, Layout::Rows32) else {
-            eprintln!("no AVX2 + FMA here: packed kernels not exercised");
+        let Some(rows) = PackedB::with_layout(&b, k, n, Layout::Rows32).filter(|_| available())
+        else {
+            eprintln!("skipped: packed kernels bit-identity test (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
             return;
         };
         let halves = PackedB::with_layout(&b, k, n, Layout::Halves16).expect("AVX2 present");
@@ -761,10 +840,13 @@ mod tests {
                         avx512::matmul(m, &a, k, rows.view(), c, n, accumulate, bias)
                     });
                     assert_eq!(on_rows, wide, "m={m} {accumulate} {}", bias.is_some());
-                } else {
-                    eprintln!("no AVX-512 here: only the AVX2 kernel is exercised");
                 }
             }
+        }
+        if !crate::model::cpu::kernels::has_avx512() {
+            eprintln!(
+                "skipped: the AVX-512 kernel half of the bit-identity test (no AVX-512 here)"
+            );
         }
     }
 
@@ -782,8 +864,8 @@ mod tests {
         let bias: Vec<f32> = (0..n).map(|j| (j as f32 * 0.731).sin() * 3.0).collect();
         let start: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.173).cos()).collect();
         for layout in LAYOUTS {
-            let Some(p) = PackedB::with_layout(&b, k, n, layout) else {
-                eprintln!("no AVX2 + FMA here: packed kernel not exercised");
+            let Some(p) = PackedB::with_layout(&b, k, n, layout).filter(|_| available()) else {
+                eprintln!("skipped: packed kernel test (this CPU, or FASTAI_INFER_SIMD, has no AVX2 + FMA)");
                 return;
             };
             // Overwrite with a bias: bias rows first, then accumulate.
