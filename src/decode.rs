@@ -72,6 +72,7 @@ pub const DEFAULT_MAX_PIXELS: u64 = 2 * PIL_MAX_IMAGE_PIXELS;
 /// The default ([`DecodeOptions::default`]) is what fastai does, with PIL's bomb limit:
 /// at most [`DEFAULT_MAX_PIXELS`] pixels and the EXIF orientation ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DecodeOptions {
     /// The most pixels (`width * height`) an image may declare; larger images are refused with
     /// [`Error::ImageTooLarge`] after reading only their header, before any pixel buffer is
@@ -295,6 +296,7 @@ fn guarded<T>(origin: &str, f: impl FnOnce() -> image::ImageResult<T>) -> image:
 /// as PIL refuses it. Carried as the source of the [`Error::ImageDecode`] that reports it
 /// (reach it with [`std::error::Error::source`] on the `image::ImageError`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PngCrcMismatch {
     /// The chunk's four-byte type, e.g. `*b"iCCP"`.
     pub chunk: [u8; 4],
@@ -533,7 +535,7 @@ fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Resu
 ///
 /// Returns [`Error::UnsupportedImage`] for pixel formats whose PIL conversion is not
 /// reproduced (floating-point images), and for images with no pixels.
-pub fn to_rgb(img: DynamicImage, origin: &str) -> Result<RgbImage> {
+pub(crate) fn to_rgb(img: DynamicImage, origin: &str) -> Result<RgbImage> {
     if img.width() == 0 || img.height() == 0 {
         return Err(Error::UnsupportedImage {
             origin: origin.to_string(),
@@ -609,6 +611,19 @@ fn from_samples<T: Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floating_point_and_empty_images_are_refused() {
+        let f = DynamicImage::ImageRgb32F(image::ImageBuffer::new(4, 4));
+        let err = to_rgb(f, "<test>").unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsupportedImage { origin, .. } if origin == "<test>"),
+            "{err:?}"
+        );
+        let empty = DynamicImage::ImageRgb8(RgbImage::new(0, 3));
+        let err = to_rgb(empty, "<empty>").unwrap_err();
+        assert!(err.to_string().contains("no pixels"), "{err}");
+    }
 
     #[test]
     fn a_panicking_decoder_step_becomes_a_decoding_error() {

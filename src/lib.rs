@@ -35,6 +35,11 @@
 //! # }
 //! ```
 //!
+//! The supported public API is what these docs show: `docs/public-api.txt` in the repository
+//! lists every public item, method and trait impl, and `.ci/public-api.sh` regenerates and
+//! diffs it. Config structs are `#[non_exhaustive]`: build them from a preset or constructor
+//! and the `with_*` setters (e.g. `model::vit::Config::vit_tiny_patch16_224().with_depth(6)`).
+//!
 //! [candle]: https://github.com/huggingface/candle
 
 #![warn(missing_docs)]
@@ -66,6 +71,12 @@ pub use candle_core;
 /// Re-exported so users can build the thread pool [`Learner::with_thread_pool`] takes without
 /// adding rayon themselves.
 pub use rayon;
+
+/// Re-exported because its types are in this crate's signatures: [`load_image`] returns an
+/// [`image::RgbImage`], the item transforms take and return one, and decoding errors carry an
+/// [`image::ImageError`]. Use this re-export (`fastai_infer::image::RgbImage`) rather than your
+/// own `image` dependency, so the versions always match.
+pub use image;
 
 // The README's Rust example is compiled and run as a doctest, so it cannot go stale.
 #[cfg(doctest)]

@@ -137,10 +137,7 @@ fn fixture_configs_are_what_vision_learner_built() {
         head::Config::create_head(
             64,
             3,
-            &HeadOptions {
-                lin_ftrs: Some(vec![32, 16]),
-                ..Default::default()
-            }
+            &HeadOptions::default().with_lin_ftrs(Some(vec![32, 16]))
         )
         .unwrap()
     );
@@ -207,10 +204,7 @@ fn full_size_layouts_infer_the_right_config() {
     let text = std::fs::read_to_string(common::fixtures().join("models/layouts.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let learners = v["learners"].as_object().unwrap();
-    let timm_resnet50 = resnet::Config {
-        layout: resnet::KeyLayout::Timm,
-        ..resnet::Config::resnet50()
-    };
+    let timm_resnet50 = resnet::Config::resnet50().with_layout(resnet::KeyLayout::Timm);
     let expected: Vec<(&str, BodyConfig)> = vec![
         ("resnet18", BodyConfig::ResNet(resnet::Config::resnet18())),
         ("resnet34", BodyConfig::ResNet(resnet::Config::resnet34())),
@@ -489,4 +483,63 @@ fn load_with_config_checks_the_given_architecture() {
         matches!(&err, Error::InvalidConfig { field, .. } if field == "resnet.groups"),
         "{err}"
     );
+}
+
+/// The config structs are `#[non_exhaustive]`: outside the crate they are built from presets
+/// with the `with_*` setters, and every public constructor validates what they hold, naming
+/// the field.
+#[test]
+fn configs_built_outside_the_crate_are_validated_by_every_constructor() {
+    let vb = || candle_nn::VarBuilder::zeros(candle_core::DType::F32, &Device::Cpu);
+    let small_vit = vit::Config::vit_tiny_patch16_224()
+        .with_embed_dim(8)
+        .with_depth(1)
+        .with_num_heads(2)
+        .with_patch_size(4)
+        .with_img_size(8);
+    let head = head::Config::create_head(
+        8,
+        2,
+        &HeadOptions::default()
+            .with_pool(false)
+            .with_lin_ftrs(Some(vec![4])),
+    )
+    .unwrap();
+    let cfg = Config::new(BodyConfig::Vit(small_vit.clone()), head.clone()).unwrap();
+    assert_eq!(cfg.input_size(), Some(8));
+    fastai_infer::FastaiModel::new(&cfg, vb()).unwrap();
+    // The same head from its layers.
+    let again = head::Config::new(8, head.layers.clone(), 1e-5).unwrap();
+    assert_eq!(again, head);
+
+    let field = |e: Error| match e {
+        Error::InvalidConfig { field, .. } => field,
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    };
+    let bad_vits = [
+        (small_vit.clone().with_num_heads(3), "vit.num_heads"),
+        (small_vit.clone().with_patch_size(0), "vit.patch_size"),
+        (small_vit.clone().with_img_size(10), "vit.img_size"),
+    ];
+    for (bad, name) in bad_vits {
+        let e = Config::new(BodyConfig::Vit(bad.clone()), head.clone()).unwrap_err();
+        assert_eq!(field(e), name);
+        let e = fastai_infer::model::VisionTransformer::new(&bad, vb()).unwrap_err();
+        assert_eq!(field(e), name);
+    }
+    let r = resnet::Config::resnet18().with_groups(0);
+    assert_eq!(
+        field(fastai_infer::model::ResNet::new(&r, vb()).unwrap_err()),
+        "resnet.groups"
+    );
+    let c = convnext::Config::convnext_tiny().with_kernel_size(4);
+    assert_eq!(
+        field(fastai_infer::model::ConvNeXt::new(&c, vb()).unwrap_err()),
+        "convnext.kernel_size"
+    );
+    let e = Config::with_default_head(BodyConfig::ConvNext(c), 3).unwrap_err();
+    assert_eq!(field(e), "convnext.kernel_size");
+    // A head whose first layer does not take the body's width.
+    let e = head::Config::new(7, head.layers.clone(), 1e-5).unwrap_err();
+    assert!(field(e).starts_with("head.layers"));
 }

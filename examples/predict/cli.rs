@@ -76,10 +76,9 @@ pub struct Args {
 impl Args {
     /// The decoder's options from `--max-pixels` and `--exif-orientation`.
     pub fn decode(&self) -> DecodeOptions {
-        DecodeOptions {
-            max_pixels: self.max_pixels.max_pixels,
-            apply_exif_orientation: self.exif_orientation,
-        }
+        DecodeOptions::default()
+            .with_max_pixels(self.max_pixels.max_pixels)
+            .with_exif_orientation(self.exif_orientation)
     }
 }
 

@@ -99,7 +99,7 @@ pub(crate) fn pool_window(i: usize, out: usize, inp: usize) -> (usize, usize) {
 /// the window height then width, as PyTorch's CPU kernel does.
 ///
 /// On the CPU this runs as a direct loop; on other devices as candle ops
-/// ([`area_interpolate_ops`]). Both give the same bits.
+/// (`area_interpolate_ops`). Both give the same bits.
 pub fn area_interpolate(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     if x.device().is_cpu() {
         area_interpolate_cpu(x, out_h, out_w)
@@ -142,7 +142,9 @@ fn area_interpolate_cpu(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor
 }
 
 /// [`area_interpolate`] as device-generic candle ops: one gather per window offset, summed
-/// in PyTorch's order with zero masks for shorter windows.
+/// in PyTorch's order with zero masks for shorter windows. The reference the direct loop is
+/// tested against in `tests/batch_tfms.rs`; hidden from the docs, not part of the supported API.
+#[doc(hidden)]
 pub fn area_interpolate_ops(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let (_, _, h, w) = check_area_args(x, out_h, out_w)?;
     let device = x.device();
@@ -330,7 +332,7 @@ pub fn area_pre_size(h: usize, w: usize, w_out: usize, coord_range: f32) -> Opti
 }
 
 /// fastai's `_grid_sample(x, coords, mode='bilinear', padding_mode='reflection',
-/// align_corners=True)`: the 'area' pre-interpolation ([`area_pre_size`]) followed by
+/// align_corners=True)`: the 'area' pre-interpolation (`area_pre_size`) followed by
 /// [`grid_sample`].
 ///
 /// The pre-interpolation depends on the coordinates' range (max - min), which this reads back

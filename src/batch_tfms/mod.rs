@@ -5,9 +5,9 @@
 //! reduce, on the validation set, to:
 //! 1. [`IntToFloatTensor`]: `uint8` `(N, H, W, 3)` to `f32` `(N, 3, H, W)` divided by 255;
 //! 2. `AffineCoordTfm` with the identity affine at `size`: fastai's `_grid_sample`, i.e. an
-//!    'area' pre-interpolation ([`grid_sample::area_interpolate`]) when downsizing by more
-//!    than the rule in [`grid_sample::area_pre_size`], then a bilinear
-//!    [`grid_sample::grid_sample`] with reflection padding and `align_corners=True`;
+//!    'area' pre-interpolation ([`area_interpolate`]) when downsizing by more
+//!    than the rule in `area_pre_size`, then a bilinear
+//!    [`grid_sample()`] with reflection padding and `align_corners=True`;
 //! 3. [`Normalize`] with the ImageNet statistics.
 //!
 //! The random flips, rotations, zooms, warps and lighting changes of `aug_transforms` are
@@ -28,7 +28,7 @@
 
 mod cpu;
 mod fma;
-pub mod grid_sample;
+mod grid_sample;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -165,7 +165,7 @@ impl BatchTfms {
     /// returns the model input, `f32` `(N, 3, height, width)`.
     ///
     /// On the CPU a `u8` batch takes a direct-loop path that gives the same bits as
-    /// [`BatchTfms::encodes_ops`], faster; everything else runs as candle ops.
+    /// `BatchTfms::encodes_ops` (the device-generic reference), faster; everything else runs as candle ops.
     pub fn encodes(&self, x: &Tensor) -> Result<Tensor> {
         self.check_size()?;
         if x.device().is_cpu() && x.dtype() == DType::U8 {
@@ -181,7 +181,9 @@ impl BatchTfms {
     }
 
     /// [`BatchTfms::encodes`] as device-generic candle ops (the path every non-CPU device
-    /// takes, and the reference the CPU path is tested against).
+    /// takes, and the reference the CPU path is tested against in `tests/batch_tfms.rs`;
+    /// hidden from the docs: not part of the supported API).
+    #[doc(hidden)]
     pub fn encodes_ops(&self, x: &Tensor) -> Result<Tensor> {
         self.check_size()?;
         let x = IntToFloatTensor.encodes(x)?;

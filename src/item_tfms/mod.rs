@@ -8,14 +8,14 @@
 //! | `RandomResizedCrop(size, val_xtra=...)` (validation: squish, centre crop) | [`RandomResizedCrop`] |
 //!
 //! A recipe's item transforms are an [`ItemTfms`] list of [`ItemTfm`] steps run in order, as
-//! fastai's `after_item` pipeline does. PIL's resamplers are in [`pil_resize`], fastai's
-//! `crop_pad` with torchvision's padding in [`pad`].
+//! fastai's `after_item` pipeline does. PIL's resamplers are [`resize_bilinear`] and
+//! [`resize_nearest`], fastai's `crop_pad` with torchvision's padding [`crop_pad_window`].
 
-pub mod crop_pad;
-pub mod pad;
-pub mod pil_resize;
-pub mod random_resized_crop;
-pub mod resize;
+mod crop_pad;
+mod pad;
+mod pil_resize;
+mod random_resized_crop;
+mod resize;
 
 use image::RgbImage;
 

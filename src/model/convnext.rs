@@ -14,7 +14,7 @@
 //! The blocks run channels-last (`(B, H, W, C)` rows), as timm's default `conv_mlp=False` path
 //! computes the norm and the MLP; the non-overlapping stem and downsampling convolutions are
 //! matrix products over the patches, and on the CPU the depthwise convolution is a direct loop
-//! over the channels-last rows ([`DepthwiseConv`]). The `conv_mlp=True` variants
+//! over the channels-last rows (`DepthwiseConv`). The `conv_mlp=True` variants
 //! (`convnext_atto` ... `convnext_nano`: 1x1 convolutions and LayerNorm2d, the same arithmetic)
 //! load too.
 
@@ -33,6 +33,7 @@ pub const PREFIX: &str = "0.model.";
 
 /// The ConvNeXt body's dimensions.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Input channels (3).
     pub in_chans: usize,
@@ -293,7 +294,7 @@ impl Config {
 /// A non-overlapping `k`x`k` stride-`k` convolution with bias (timm's stem and downsampling
 /// layers) as one matrix product over the patches.
 #[derive(Debug, Clone)]
-pub struct PatchConv {
+pub(crate) struct PatchConv {
     /// The weight as `(k * k * in, out)`, rows in the order the patches are flattened.
     linear: Linear,
     kernel: usize,
@@ -363,7 +364,7 @@ impl PatchConv {
 /// A depthwise `k`x`k` convolution, stride 1, zero padding `k / 2`, with bias, on channels-last
 /// `(B, H, W, C)` maps.
 #[derive(Debug, Clone)]
-pub struct DepthwiseConv {
+pub(crate) struct DepthwiseConv {
     /// `(C, 1, k, k)` as PyTorch stores it.
     weight: Tensor,
     bias: Tensor,
@@ -483,14 +484,14 @@ fn depthwise_rows(
 
 /// timm's `Mlp` (or `ConvMlp` with 1x1 convolutions): `fc1`, exact GELU, `fc2`.
 #[derive(Debug, Clone)]
-pub struct Mlp {
+pub(crate) struct Mlp {
     fc1: Linear,
     fc2: Linear,
 }
 
 /// timm's `ConvNeXtBlock`: `x + gamma * mlp(norm(conv_dw(x)))`, channels-last.
 #[derive(Debug, Clone)]
-pub struct ConvNeXtBlock {
+pub(crate) struct ConvNeXtBlock {
     conv_dw: DepthwiseConv,
     norm: LayerNorm,
     mlp: Mlp,
@@ -539,7 +540,7 @@ impl Module for ConvNeXtBlock {
 /// timm's `ConvNeXtStage`: the optional downsampling (LayerNorm2d, 2x2 stride-2 convolution),
 /// then the blocks.
 #[derive(Debug, Clone)]
-pub struct ConvNeXtStage {
+pub(crate) struct ConvNeXtStage {
     downsample: Option<(LayerNorm, PatchConv)>,
     blocks: Vec<ConvNeXtBlock>,
 }

@@ -91,6 +91,7 @@ impl fmt::Display for Layer {
 /// The arguments of fastai's `create_head` (and `vision_learner`) that shape the head, with
 /// fastai's defaults.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HeadOptions {
     /// Hidden widths (`None`: fastai's `[512]`).
     pub lin_ftrs: Option<Vec<usize>>,
@@ -126,6 +127,7 @@ impl Default for HeadOptions {
 
 /// The head's layers, in `nn.Sequential` order (index `i` holds the keys `1.i.*`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// The width of the body's output (`nf`): channels of the feature map it pools, or the
     /// pooled features of a ViT.
@@ -161,6 +163,20 @@ impl fmt::Display for Found {
 const MAX_LINEAR: usize = 12;
 
 impl Config {
+    /// A head of explicit `layers` (in `nn.Sequential` order) on a body of `in_features`
+    /// output width, with BatchNorm1d's epsilon `batch_norm_eps`, after [`Config::validate`]
+    /// (an [`Error::InvalidConfig`] naming the layer that does not fit). To build the layers
+    /// fastai's `create_head` makes, use [`Config::create_head`].
+    pub fn new(in_features: usize, layers: Vec<Layer>, batch_norm_eps: f64) -> Result<Self> {
+        let cfg = Config {
+            in_features,
+            layers,
+            batch_norm_eps,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// fastai's default head for a `nf`-channel CNN body and `n_out` classes.
     pub fn default_cnn(nf: usize, n_out: usize) -> Result<Self> {
         Self::create_head(nf, n_out, &HeadOptions::default())
@@ -952,6 +968,10 @@ mod tests {
         for (cfg, says) in cases {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
+            let e = Config::new(cfg.in_features, cfg.layers.clone(), cfg.batch_norm_eps)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "Config::new: {e}");
             assert!(FastaiHead::new(
                 &cfg,
                 VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu)

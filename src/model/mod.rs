@@ -262,6 +262,7 @@ impl fmt::Display for BodyConfig {
 
 /// The whole model's architecture: the body and fastai's head.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// The body (`0.*` keys).
     pub body: BodyConfig,
@@ -615,6 +616,74 @@ pub(crate) fn summarize(keys: &[&String]) -> String {
     }
     s
 }
+
+/// Builder-style setters for the `#[non_exhaustive]` config structs, which other crates cannot
+/// build with a struct literal: start from a preset (`vit::Config::vit_tiny_patch16_224()`,
+/// `resnet::Config::resnet50()`, `HeadOptions::default()`, ...) and change fields. Nothing is
+/// checked here; [`Config::new`], [`FastaiModel::new`] and each body's and head's constructor
+/// call `validate`, so a degenerate value is an [`Error::InvalidConfig`] naming the field.
+macro_rules! setters {
+    ($ty:ty, $what:literal { $($name:ident => $field:ident : $t:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("This ", $what, " with `", stringify!($field),
+                    "` set to `value` (checked when a model is built from it).")]
+                #[must_use]
+                pub fn $name(mut self, value: $t) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters!(vit::Config, "ViT config" {
+    with_embed_dim => embed_dim: usize,
+    with_depth => depth: usize,
+    with_num_heads => num_heads: usize,
+    with_mlp_ratio => mlp_ratio: usize,
+    with_patch_size => patch_size: usize,
+    with_img_size => img_size: usize,
+    with_in_chans => in_chans: usize,
+    with_layer_norm_eps => layer_norm_eps: f64,
+});
+
+setters!(resnet::Config, "ResNet config" {
+    with_layout => layout: resnet::KeyLayout,
+    with_in_chans => in_chans: usize,
+    with_stem_width => stem_width: usize,
+    with_block => block: resnet::BlockKind,
+    with_depths => depths: Vec<usize>,
+    with_planes => planes: Vec<usize>,
+    with_widths => widths: Vec<usize>,
+    with_groups => groups: usize,
+    with_batch_norm_eps => batch_norm_eps: f64,
+});
+
+setters!(convnext::Config, "ConvNeXt config" {
+    with_in_chans => in_chans: usize,
+    with_patch_size => patch_size: usize,
+    with_depths => depths: Vec<usize>,
+    with_dims => dims: Vec<usize>,
+    with_kernel_size => kernel_size: usize,
+    with_downsample_size => downsample_size: usize,
+    with_mlp_ratio => mlp_ratio: usize,
+    with_layer_scale => layer_scale: bool,
+    with_conv_mlp => conv_mlp: bool,
+    with_head_norm_first => head_norm_first: bool,
+    with_layer_norm_eps => layer_norm_eps: f64,
+});
+
+setters!(HeadOptions, "set of head options" {
+    with_lin_ftrs => lin_ftrs: Option<Vec<usize>>,
+    with_ps => ps: Vec<f64>,
+    with_pool => pool: bool,
+    with_concat_pool => concat_pool: bool,
+    with_first_bn => first_bn: bool,
+    with_bn_final => bn_final: bool,
+    with_lin_first => lin_first: bool,
+});
 
 #[cfg(test)]
 mod tests {

@@ -83,6 +83,7 @@ impl BlockKind {
 
 /// The ResNet body's dimensions.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// The key names in the state_dict.
     pub layout: KeyLayout,
@@ -433,7 +434,7 @@ impl ConvBn {
 
 /// torchvision's `BasicBlock`: `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
 #[derive(Debug, Clone)]
-pub struct BasicBlock {
+pub(crate) struct BasicBlock {
     conv1: ConvBn,
     conv2: ConvBn,
     downsample: Option<ConvBn>,
@@ -442,7 +443,7 @@ pub struct BasicBlock {
 /// torchvision's `Bottleneck`: 1x1, 3x3 (stride, groups), 1x1, each with its BatchNorm, ReLU
 /// between, plus the shortcut, then ReLU.
 #[derive(Debug, Clone)]
-pub struct Bottleneck {
+pub(crate) struct Bottleneck {
     conv1: ConvBn,
     conv2: ConvBn,
     conv3: ConvBn,
@@ -451,7 +452,7 @@ pub struct Bottleneck {
 
 /// One residual block.
 #[derive(Debug, Clone)]
-pub enum Block {
+pub(crate) enum Block {
     /// A `BasicBlock`.
     Basic(BasicBlock),
     /// A `Bottleneck`.

@@ -22,6 +22,7 @@ pub const PREFIX: &str = "0.model.";
 
 /// The ViT body's dimensions. [`Config::default`] is `vit_tiny_patch16_224`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Token width (192 for ViT-tiny).
     pub embed_dim: usize,
@@ -242,7 +243,7 @@ impl Config {
 /// transposed, `(in, out)` row-major, the layout candle's matmul and the general matmul
 /// multiply fastest.
 #[derive(Debug, Clone)]
-pub struct Linear {
+pub(crate) struct Linear {
     pub(crate) weight: LinearWeight,
     pub(crate) bias: Option<Tensor>,
 }
@@ -367,7 +368,7 @@ fn linear(
 /// timm's `PatchEmbed`: a 16x16 stride-16 convolution, computed as one matmul over the
 /// flattened patches.
 #[derive(Debug, Clone)]
-pub struct PatchEmbed {
+pub(crate) struct PatchEmbed {
     /// `proj.weight` reshaped to `(embed_dim, 3 * patch * patch)`, as a linear layer's.
     pub(crate) weight: LinearWeight,
     /// `proj.bias`.
@@ -421,7 +422,7 @@ impl Module for PatchEmbed {
 
 /// timm's `Attention`: fused `qkv` linear, scaled dot-product attention, `proj`.
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     pub(crate) qkv: Linear,
     pub(crate) proj: Linear,
     num_heads: usize,
@@ -462,7 +463,7 @@ impl Module for Attention {
 
 /// timm's `Mlp`: `fc1`, exact (erf) GELU, `fc2`.
 #[derive(Debug, Clone)]
-pub struct Mlp {
+pub(crate) struct Mlp {
     pub(crate) fc1: Linear,
     pub(crate) fc2: Linear,
 }
@@ -486,7 +487,7 @@ impl Module for Mlp {
 
 /// timm's pre-norm transformer `Block`.
 #[derive(Debug, Clone)]
-pub struct Block {
+pub(crate) struct Block {
     pub(crate) norm1: LayerNorm,
     pub(crate) attn: Attention,
     pub(crate) norm2: LayerNorm,
@@ -598,7 +599,9 @@ impl VisionTransformer {
 
     /// The forward pass built from generic candle ops, on any device. [`Module::forward`]
     /// uses it everywhere but on the CPU, where the fused path of `model::cpu` computes the same
-    /// function faster; kept public as the reference that path is tested against.
+    /// function faster; kept public (hidden from the docs) as the reference that path is
+    /// tested against in `tests/parity.rs`: not part of the supported API.
+    #[doc(hidden)]
     pub fn forward_candle_ops(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.patch_embed.forward(x)?;
         let (b, _, c) = x.dims3()?;

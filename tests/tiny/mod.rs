@@ -11,21 +11,18 @@ use fastai_infer::Config;
 
 /// The tiny model's architecture.
 pub fn config() -> Config {
-    let body = vit::Config {
-        embed_dim: 8,
-        depth: 1,
-        num_heads: 2,
-        mlp_ratio: 2,
-        patch_size: 4,
-        img_size: 8,
-        in_chans: 3,
-        layer_norm_eps: 1e-6,
-    };
-    let opts = head::HeadOptions {
-        lin_ftrs: Some(vec![4]),
-        pool: false,
-        ..Default::default()
-    };
+    let body = vit::Config::vit_tiny_patch16_224()
+        .with_embed_dim(8)
+        .with_depth(1)
+        .with_num_heads(2)
+        .with_mlp_ratio(2)
+        .with_patch_size(4)
+        .with_img_size(8)
+        .with_in_chans(3)
+        .with_layer_norm_eps(1e-6);
+    let opts = head::HeadOptions::default()
+        .with_lin_ftrs(Some(vec![4]))
+        .with_pool(false);
     let head = head::Config::create_head(8, 2, &opts).unwrap();
     Config::new(BodyConfig::Vit(body), head).unwrap()
 }
