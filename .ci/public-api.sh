@@ -8,7 +8,7 @@
 #   .ci/public-api.sh          regenerate and diff against docs/public-api.txt (exit 1 on a change)
 #   .ci/public-api.sh --bless  rewrite docs/public-api.txt
 #
-# Needs python3 (standard library only), so it is not part of .ci/run, which runs without Python.
+# Needs python3 (standard library only); .ci/run runs it after the docs build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo doc --no-deps --quiet
