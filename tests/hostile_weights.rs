@@ -1,6 +1,7 @@
 //! Hostile weights files: truncated, lying headers, unexpected dtypes, NaN and Inf. Each one is
 //! a typed error naming the file and, where there is one, the key.
 
+mod common;
 mod tiny;
 
 use std::path::{Path, PathBuf};
@@ -968,16 +969,7 @@ fn a_pth_with_strided_and_half_tensors_loads_the_stored_values() {
                     continue;
                 }
                 let rounded = t0.to_dtype(float).unwrap().to_dtype(DType::F32).unwrap();
-                let d = (t - &rounded)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = common::max_abs_diff(t, &rounded);
                 assert_eq!(d, 0.0, "{float:?} transposed={transposed} {k}");
             }
             if float == DType::F32 {

@@ -6,6 +6,7 @@
 
 #[path = "../examples/predict/cli.rs"]
 mod cli;
+mod common;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -26,19 +27,6 @@ fn golden() -> (HashMap<String, Tensor>, serde_json::Value) {
     .unwrap();
     let m = std::fs::read_to_string(dir().join("tfms/multilabel.json")).unwrap();
     (t, serde_json::from_str(&m).unwrap())
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -62,7 +50,7 @@ fn multi_label_learner_matches_fastai() {
         .collect();
 
     let input = learn.model_input(&images).unwrap();
-    let d_input = max_abs_diff(&input, &g["input"]);
+    let d_input = common::max_abs_diff(&input, &g["input"]);
     assert_eq!(
         d_input, 0.0,
         "model input differs from fastai's by {d_input}"
