@@ -54,6 +54,8 @@
 
 use std::path::Path;
 
+pub(crate) mod jpeg;
+
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
