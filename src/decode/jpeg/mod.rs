@@ -16,6 +16,15 @@
 //! `CMYK`); `crate::decode` converts it to RGB as `convert('RGB')` does.
 #![allow(dead_code)] // The skeleton: the stages fill it in.
 
+mod arith;
+mod color;
+mod huffman;
+mod idct;
+mod markers;
+mod pixels;
+mod simd;
+mod upsample;
+
 /// One component of the frame (a colour channel), with the coefficients of all its blocks.
 #[derive(Debug, Clone)]
 pub(crate) struct Component {

@@ -1,0 +1,1 @@
+//! `jdcolor.c`'s colour conversion. (To be written.)

@@ -1,0 +1,1 @@
+//! Huffman-coded scans, baseline and progressive (`jdhuff.c`, `jdphuff.c`). (To be written.)

@@ -1,0 +1,1 @@
+//! `jidctint.c`'s integer IDCT (`JDCT_ISLOW`), dequantization included. (To be written.)
