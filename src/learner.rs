@@ -32,6 +32,9 @@ pub struct Learner {
     /// The thread pool everything runs on ([`Learner::with_thread_pool`]); rayon's global one
     /// when `None`.
     pool: Option<Arc<ThreadPool>>,
+    /// Whether [`Learner::predict_paths`] prepares the next batch while the current one runs
+    /// ([`Learner::with_overlap`]).
+    overlap: bool,
 }
 
 impl Learner {
@@ -99,6 +102,7 @@ impl Learner {
             batch_tfms: recipe.batch_tfms,
             loss_func: recipe.loss_func,
             decode: DecodeOptions::default(),
+            overlap: !device.is_cpu(),
             device,
             pool: None,
         })
@@ -163,6 +167,21 @@ impl Learner {
             .build()
             .map_err(|e| Error::InvalidArgument(format!("with_num_threads({threads}): {e}")))?;
         Ok(self.with_thread_pool(Arc::new(pool)))
+    }
+
+    /// Whether [`Learner::predict_paths`] decodes and item-transforms batch k+1 on the CPU
+    /// threads while batch k runs its batch transforms and forward pass (default: on for a GPU
+    /// learner, whose forward pass leaves the CPU free; off on the CPU, where the forward pass
+    /// already uses every thread). The predictions are the same either way.
+    pub fn with_overlap(mut self, overlap: bool) -> Self {
+        self.overlap = overlap;
+        self
+    }
+
+    /// Whether [`Learner::predict_paths`] overlaps preparing a batch with running the
+    /// previous one (see [`Learner::with_overlap`]).
+    pub fn overlap(&self) -> bool {
+        self.overlap
     }
 
     /// The thread pool given to [`Learner::with_thread_pool`], if any.
@@ -243,8 +262,9 @@ impl Learner {
     }
 
     /// Decodes and predicts image files, `batch_size` per forward pass (decoding and item
-    /// transforms run in parallel). Fails on the first file that cannot be read or decoded,
-    /// naming it; results are in the order of `paths`.
+    /// transforms run in parallel; with [`Learner::with_overlap`], the next batch's while the
+    /// current one runs). Fails on the first file that cannot be read or decoded, naming it;
+    /// results are in the order of `paths`.
     pub fn predict_paths<P: AsRef<Path> + Sync>(
         &self,
         paths: &[P],
@@ -255,15 +275,30 @@ impl Learner {
                 "batch_size must be at least 1".into(),
             ));
         }
+        // Decode + item transforms of one batch, in parallel over its files.
+        let prepare = |chunk: &[P]| -> Result<Vec<RgbImage>> {
+            chunk
+                .par_iter()
+                .map(|p| self.item_tfms.encodes(&load_image_with(p, &self.decode)?))
+                .collect()
+        };
         self.in_pool(|| {
             let mut preds = Vec::with_capacity(paths.len());
-            for chunk in paths.chunks(batch_size) {
-                let images = chunk
-                    .par_iter()
-                    .map(|p| load_image_with(p, &self.decode))
-                    .collect::<Result<Vec<_>>>()?;
-                preds.extend(self.predict_batch(&images)?);
+            let mut chunks = paths.chunks(batch_size);
+            let Some(first) = chunks.next() else {
+                return Ok(preds);
+            };
+            let mut items = prepare(first)?;
+            for next in chunks {
+                let (done, next_items) = if self.overlap {
+                    rayon::join(|| self.predict_items(&items), || prepare(next))
+                } else {
+                    (self.predict_items(&items), prepare(next))
+                };
+                preds.extend(done?);
+                items = next_items?;
             }
+            preds.extend(self.predict_items(&items)?);
             Ok(preds)
         })
     }
@@ -275,7 +310,21 @@ impl Learner {
             return Ok(Vec::new());
         }
         self.in_pool(|| {
-            let input = self.model_input(images)?;
+            let items = images
+                .par_iter()
+                .map(|img| self.item_tfms.encodes(img))
+                .collect::<Result<Vec<_>>>()?;
+            self.predict_items(&items)
+        })
+    }
+
+    /// Batch transforms, forward pass and decoding for item-transformed images.
+    fn predict_items(&self, items: &[RgbImage]) -> Result<Vec<Prediction>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.in_pool(|| {
+            let input = self.batch_tfms.encodes_images(items, &self.device)?;
             let logits = self
                 .logits(&input)?
                 .to_device(&Device::Cpu)?

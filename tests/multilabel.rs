@@ -136,3 +136,33 @@ fn predict_json_prints_one_multi_label_line_per_image() {
         assert!(top[0]["probability"].as_f64() >= top[1]["probability"].as_f64());
     }
 }
+
+/// `predict_paths` with the next batch prepared while the current one runs (the default on a
+/// GPU) gives the same predictions as without, in order, at every batch size, and still names
+/// the first file that cannot be read.
+#[test]
+fn overlapped_predict_paths_equals_the_plain_one() {
+    let (_, meta) = golden();
+    let learn = Learner::load(dir().join("tfms/multilabel.safetensors"), &Device::Cpu).unwrap();
+    assert!(!learn.overlap(), "off by default on the CPU");
+    let files: Vec<PathBuf> = meta["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| dir().join("images").join(f.as_str().unwrap()))
+        .collect();
+    let plain = learn.predict_paths(&files, 32).unwrap();
+    let overlapped = learn.clone().with_overlap(true);
+    for batch in [1, 2, 4, 5] {
+        let got = overlapped.predict_paths(&files, batch).unwrap();
+        assert_eq!(got.len(), plain.len());
+        for (a, b) in got.iter().zip(&plain) {
+            assert_eq!(a.probabilities, b.probabilities, "batch size {batch}");
+            assert_eq!(a.labels, b.labels, "batch size {batch}");
+        }
+    }
+    let mut bad = files.clone();
+    bad.push(dir().join("images/no_such_file.png"));
+    let err = overlapped.predict_paths(&bad, 4).unwrap_err().to_string();
+    assert!(err.contains("no_such_file.png"), "{err}");
+}
