@@ -173,3 +173,26 @@ pub(crate) enum JpegError {
 
 /// The result of a JPEG decoding step.
 pub(crate) type JpegResult<T> = std::result::Result<T, JpegError>;
+
+/// Decodes a whole JPEG file as PIL does (`Image.open(f).load()`): every scan's coefficients
+/// ([`decode_coefficients`]), then the pixels (IDCT, upsampling, colour conversion).
+/// `max_pixels`: files with more pixels are refused ([`JpegError::TooLarge`]) before
+/// anything is allocated.
+pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> JpegResult<Decoded> {
+    let frame = decode_coefficients(bytes, max_pixels)?;
+    pixels::to_pixels(&frame)
+}
+
+/// Reads the markers and decodes every scan: the returned [`Frame`] has every component's
+/// quantized coefficients (natural order, not dequantized), its latched quantization table,
+/// its final `coef_bits`, and the EXIF payload. Corrupt data is decoded as libjpeg-turbo
+/// decodes it; what PIL refuses (truncated data included) is [`JpegError::Malformed`].
+pub(crate) fn decode_coefficients(bytes: &[u8], max_pixels: u64) -> JpegResult<Frame> {
+    markers::read(bytes, max_pixels, markers::Until::End)
+}
+
+/// Reads the markers up to the first scan: size, components, colour space and EXIF, without
+/// decoding any scan or allocating coefficients (`coefs` are empty).
+pub(crate) fn read_header(bytes: &[u8]) -> JpegResult<Frame> {
+    markers::read(bytes, u64::MAX, markers::Until::Header)
+}
