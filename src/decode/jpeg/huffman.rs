@@ -634,9 +634,11 @@ fn process_restart<'a>(st: &mut State<'a>, data: &'a [u8], interval: usize) -> J
         loop {
             let action = if code < 0xC0 {
                 2
-            } else if !(0xD0..=0xD7).contains(&code) {
-                3
-            } else if code == rst(desired + 1) || code == rst(desired + 2) {
+            } else if !(0xD0..=0xD7).contains(&code)
+                || code == rst(desired + 1)
+                || code == rst(desired + 2)
+            {
+                // A valid non-restart marker, or one of the next two restarts: leave it.
                 3
             } else if code == rst(desired.wrapping_sub(1)) || code == rst(desired.wrapping_sub(2)) {
                 2
