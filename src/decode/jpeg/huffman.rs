@@ -585,6 +585,12 @@ pub(super) fn decode_scan(
             }
         }
     }
+    // The file ended inside the data the reader looked at: libjpeg, which loads bits before
+    // it needs them, would have asked for more data there and PIL has none to give.
+    // (Approximation: libjpeg's exact fill points are not modelled.)
+    if st.reader.eof {
+        st.truncated = true;
+    }
     let end = match st.reader.marker {
         Some((code, after)) => ScanEnd::Marker(code, after),
         None => match next_marker(data, st.reader.pos) {

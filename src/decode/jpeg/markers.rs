@@ -749,10 +749,11 @@ impl<'a> Reader<'a> {
         };
         let outcome = huffman::decode_scan(frame, &scan, &tables, self.data, end)?;
         if outcome.truncated {
-            return Err(Fail::Truncated(format!(
+            // Not every scanline is out: refused even for a single-scan file.
+            return Err(Fail::Error(JpegError::Malformed(format!(
                 "image file is truncated: the data ends inside scan {} (SOS at offset {at})",
                 self.scans
-            )));
+            ))));
         }
         match outcome.end {
             ScanEnd::Marker(code, after) => Ok((after, Some((code, after)))),
