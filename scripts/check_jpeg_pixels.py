@@ -29,13 +29,13 @@ import numpy as np
 from PIL import Image
 import jpeglib
 
-CS = {"JCS_GRAYSCALE": 0, "JCS_YCbCr": 1, "JCS_RGB": 2, "JCS_CMYK": 3, "JCS_YCCK": 4}
 
 
 def scan_info(data):
     """Component ids in SOF order, progressive flag, and libjpeg's final coef_bits (zigzag)."""
     i = 2
     ids, prog, cb = [], False, None
+    jfif, adobe = False, None
     while i + 4 <= len(data):
         if data[i] != 0xFF:
             i += 1
@@ -51,6 +51,10 @@ def scan_info(data):
             break
         ln = struct.unpack(">H", data[i + 2:i + 4])[0]
         seg = data[i + 4:i + 2 + ln]
+        if m == 0xE0 and seg[:5] == b"JFIF\0":
+            jfif = True
+        if m == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
+            adobe = seg[11]
         if m in (0xC0, 0xC1, 0xC2, 0xC9, 0xCA):
             prog = m in (0xC2, 0xCA)
             n = seg[5]
@@ -74,21 +78,34 @@ def scan_info(data):
         i += 2 + ln
     if not prog:
         cb = [[0] * 64 for _ in ids]
-    return ids, prog, cb
+    # The colour space as jdapimin.c (default_decompress_parms) decides it.
+    if len(ids) == 1:
+        cs = 0
+    elif len(ids) == 3:
+        if jfif:
+            cs = 1
+        elif adobe is not None:
+            cs = 2 if adobe == 0 else 1
+        elif ids == [82, 71, 66]:
+            cs = 2
+        else:
+            cs = 1
+    else:
+        cs = 4 if adobe is not None and adobe != 0 else 3
+    return ids, prog, cb, cs
 
 
 def dump(path, out):
     data = open(path, "rb").read()
-    ids, prog, cb = scan_info(data)
+    ids, prog, cb, cs = scan_info(data)
     d = jpeglib.read_dct(path)
     comps = [d.Y]
     if d.has_chrominance:
         comps += [d.Cb, d.Cr]
     if d.has_black:
         comps += [d.K]
-    cs = str(d.jpeg_color_space).split(".")[-1]
     b = bytearray(b"JPXD")
-    b += struct.pack("<IIBBB", d.width, d.height, CS[cs], int(prog), len(comps))
+    b += struct.pack("<IIBBB", d.width, d.height, cs, int(prog), len(comps))
     for ci, arr in enumerate(comps):
         v, h = d.samp_factor[ci]  # jpeglib gives (v, h)
         hib, wib = arr.shape[:2]
@@ -153,6 +170,16 @@ def synth(dirn):
     add("rgb_prog", base, ["-quality", "80", "-rgb", "-progressive"])
     add("cmyk", base.convert("CMYK"), None, pil={"quality": 85})
     add("cmyk_prog", base.convert("CMYK"), None, pil={"quality": 85, "progressive": True})
+    for name, samp in (("ycck", None), ("ycck_444", [[1, 1]] * 4)):
+        y, x = np.mgrid[0:45, 0:77]
+        arr = np.stack([(x * 3) % 256, (y * 5) % 256, (x + y) % 256, (x * y) % 256], -1).astype(np.uint8)
+        sj = jpeglib.from_spatial(arr, jpeglib.JCS_CMYK)
+        sj.jpeg_color_space = jpeglib.JCS_YCCK
+        if samp is not None:
+            sj.samp_factor = np.array(samp)
+        p = os.path.join(dirn, name + ".jpg")
+        sj.write_spatial(p, qt=85)
+        files.append(p)
     add("pil_420", base, None, pil={"quality": 85, "subsampling": 2})
     add("pil_422", base, None, pil={"quality": 85, "subsampling": 1})
     # Progressive, default and smoothing-relevant scan scripts.
