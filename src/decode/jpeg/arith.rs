@@ -1183,15 +1183,20 @@ mod tests {
         }
     }
 
-    /// A minimal marker reader for the fixtures (SOF9/SOF10, DAC, DRI, SOS; the rest
-    /// skipped), markers found as libjpeg's `next_marker` finds them. Enough to drive
-    /// [`decode_scan`] over whole files, independently of `markers.rs`.
+    /// A minimal marker reader for the fixtures (SOF9/SOF10, DAC, DRI, DQT, JFIF, Adobe,
+    /// SOS; the rest skipped), markers found as libjpeg's `next_marker` finds them, quant
+    /// tables latched at a component's first scan, the colour space as `jdapimin.c` picks it
+    /// for these files. Enough to drive [`decode_scan`] over whole files, independently of
+    /// `markers.rs`.
     fn decode_fixture(b: &[u8]) -> JpegResult<Frame> {
         let bad = |m: &str| JpegError::Malformed(m.to_string());
         let mut pos = 2;
         let mut frame: Option<Frame> = None;
         let mut cond = ArithConditioning::default();
         let mut dri = 0;
+        let mut qt: [Option<[u16; 64]>; 4] = [None; 4];
+        let mut latched = [false; 4];
+        let (mut jfif, mut adobe) = (false, None);
         loop {
             while b.get(pos).is_some_and(|&x| x != 0xFF) {
                 pos += 1;
@@ -1276,8 +1281,38 @@ mod tests {
                     }
                 }
                 0xDD => dri = be16(seg, 0)?,
+                0xDB => {
+                    let mut p = 0;
+                    while p < seg.len() {
+                        let (wide, tq) = (seg[p] >> 4 != 0, usize::from(seg[p] & 15));
+                        p += 1;
+                        let mut t = [0u16; 64];
+                        for &k in &NATURAL_ORDER {
+                            t[k] = if wide {
+                                be16(seg, p)? as u16
+                            } else {
+                                u16::from(seg[p])
+                            };
+                            p += if wide { 2 } else { 1 };
+                        }
+                        qt[tq] = Some(t);
+                    }
+                }
+                0xE0 => jfif |= seg.starts_with(b"JFIF\0"),
+                0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => adobe = Some(seg[11]),
                 0xDA => {
                     let f = frame.as_mut().ok_or_else(|| bad("SOS before SOF"))?;
+                    f.adobe = adobe.is_some();
+                    let ids: Vec<u8> = f.components.iter().map(|c| c.id).collect();
+                    f.color_space = match (f.components.len(), adobe) {
+                        (1, _) => ColorSpace::Gray,
+                        (3, _) if jfif => ColorSpace::YCbCr,
+                        (3, Some(0)) => ColorSpace::Rgb,
+                        (3, None) if ids == b"RGB" => ColorSpace::Rgb,
+                        (3, _) => ColorSpace::YCbCr,
+                        (_, Some(2)) => ColorSpace::Ycck,
+                        _ => ColorSpace::Cmyk,
+                    };
                     let n = usize::from(seg[0]);
                     let mut s = scan(
                         seg[2 * n + 1],
@@ -1297,6 +1332,11 @@ mod tests {
                             .iter()
                             .position(|c| c.id == id)
                             .ok_or_else(|| bad("id"))?;
+                        if !latched[ci] {
+                            latched[ci] = true;
+                            let tq = f.components[ci].tq;
+                            f.components[ci].quant = qt[tq].ok_or_else(|| bad("no DQT"))?;
+                        }
                         s.comps.push(ci);
                         s.dc_table.push(usize::from(t >> 4));
                         s.ac_table.push(usize::from(t & 15));
@@ -1358,5 +1398,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fixtures_match_pil_pixels() {
+        use sha2::{Digest, Sha256};
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg_arith");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        let mut checked = 0;
+        for (name, want) in manifest.as_object().unwrap() {
+            let pil = &want["pil"];
+            if pil.get("error").is_some() {
+                continue;
+            }
+            let frame = decode_fixture(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+            let img = super::super::pixels::to_pixels(&frame).unwrap();
+            let mode = match img.mode {
+                super::super::Mode::L => "L",
+                super::super::Mode::Rgb => "RGB",
+                super::super::Mode::Cmyk => "CMYK",
+            };
+            assert_eq!(mode, pil["mode"].as_str().unwrap(), "{name}");
+            assert_eq!(img.width as u64, pil["width"].as_u64().unwrap(), "{name}");
+            assert_eq!(img.height as u64, pil["height"].as_u64().unwrap(), "{name}");
+            let sha: String = Sha256::digest(&img.data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                sha,
+                pil["sha256"].as_str().unwrap(),
+                "{name}: pixels differ from PIL's"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 30, "{checked}");
     }
 }
