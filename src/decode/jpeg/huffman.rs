@@ -27,7 +27,7 @@ pub(super) const NATURAL: [u8; 80] = [
 ];
 
 /// Bits of look-ahead: codes up to this long decode with one table look-up.
-const LOOK: u32 = 9;
+const LOOK: u32 = 11;
 /// Entries of the look-ahead tables.
 const LOOK_SIZE: usize = 1 << LOOK;
 
