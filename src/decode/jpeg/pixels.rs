@@ -76,10 +76,11 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
         .enumerate()
         .for_each(|(task, chunk)| {
             let mut rows = vec![vec![0u8; width]; ncomp];
+            let mut scratch = Vec::with_capacity(width + 2);
             for (i, out) in chunk.chunks_exact_mut(width * bpp).enumerate() {
                 let y = task * ROWS_PER_TASK + i;
                 for ((m, p), r) in methods.iter().zip(&planes).zip(rows.iter_mut()) {
-                    upsample::row(*m, p, y, r);
+                    upsample::row(*m, p, y, r, &mut scratch);
                 }
                 match space {
                     ColorSpace::YCbCr => simd::ycc_to_rgb_row(&rows[0], &rows[1], &rows[2], out),

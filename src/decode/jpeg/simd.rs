@@ -2,17 +2,403 @@
 //! AVX2 (detected once at run time), the plain versions otherwise. Each AVX2 kernel is tested
 //! equal to its plain version on random and extreme inputs.
 
-use super::{color, idct};
+use super::{color, idct, upsample};
+
+/// Whether the AVX2 kernels may run (checked once).
+#[inline]
+pub(super) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVX2: OnceLock<bool> = OnceLock::new();
+        *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Dequantizes and inverse-transforms one block into 8 rows of `out` (see
-/// [`idct::idct_block`]).
+/// [`idct::idct_block`]); `out` must hold `7 * stride + 8` samples.
 #[inline]
 pub(super) fn idct_block(coef: &[i16; 64], mult: &[i16; 64], out: &mut [u8], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && out.len() >= 7 * stride + 8 {
+        // SAFETY: AVX2 is present (checked above) and `out` holds the 8 rows written.
+        unsafe { avx2::idct_block(coef, mult, out, stride) };
+        return;
+    }
     idct::idct_block(coef, mult, out, stride)
 }
 
 /// One row of YCbCr to interleaved RGB (see [`color::ycc_to_rgb_row`]).
 #[inline]
 pub(super) fn ycc_to_rgb_row(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        let n = y.len().min(cb.len()).min(cr.len()).min(out.len() / 3);
+        let done = n / 16 * 16;
+        // SAFETY: AVX2 is present; every slice holds `done` samples (`out` 3 * `done`).
+        unsafe { avx2::ycc_to_rgb(&y[..done], &cb[..done], &cr[..done], &mut out[..3 * done]) };
+        color::ycc_to_rgb_row(
+            &y[done..n],
+            &cb[done..n],
+            &cr[done..n],
+            &mut out[3 * done..3 * n],
+        );
+        return;
+    }
     color::ycc_to_rgb_row(y, cb, cr, out)
+}
+
+/// The horizontal triangle filter (see [`upsample::fancy_h2_plain`]).
+#[inline]
+pub(super) fn fancy_h2(buf: &[u16], out: &mut [u8], even_bias: u16, odd_bias: u16, shift: u32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && buf.len() >= 2 {
+        // Whole groups of 8 inputs (16 outputs) whose neighbours are in `buf`.
+        let n = buf.len() - 2;
+        let groups = (n / 8).min(out.len() / 16);
+        // SAFETY: AVX2 is present; the kernel reads `buf[..8 * groups + 2]` and writes
+        // `out[..16 * groups]`, both in bounds.
+        unsafe { avx2::fancy_h2(buf, &mut out[..16 * groups], even_bias, odd_bias, shift) };
+        let done = 16 * groups;
+        // The rest: outputs `done..` use inputs from `done / 2`.
+        let rest = &mut out[done..];
+        upsample::fancy_h2_plain(&buf[done / 2..], rest, even_bias, odd_bias, shift);
+        return;
+    }
+    upsample::fancy_h2_plain(buf, out, even_bias, odd_bias, shift)
+}
+
+/// The AVX2 kernels.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::idct::k::*;
+    use std::arch::x86_64::*;
+
+    /// `(a, b)` pairs of `a` and `b` lanes, columns 0..8, for `vpmaddwd`.
+    #[inline(always)]
+    unsafe fn pair(a: __m128i, b: __m128i) -> __m256i {
+        _mm256_set_m128i(_mm_unpackhi_epi16(a, b), _mm_unpacklo_epi16(a, b))
+    }
+
+    /// The `vpmaddwd` constant `a * first + b * second`.
+    #[inline(always)]
+    unsafe fn kk(a: i32, b: i32) -> __m256i {
+        _mm256_set1_epi32(((b as u32) << 16 | (a as u32 & 0xffff)) as i32)
+    }
+
+    /// One 1-D pass on eight vectors of eight columns, `DODCT`: 16-bit saturated results.
+    #[inline(always)]
+    unsafe fn pass<const SHIFT: i32>(i: &[__m128i; 8]) -> [__m128i; 8] {
+        let p26 = pair(i[2], i[6]);
+        let tmp3 = _mm256_madd_epi16(p26, kk(K_2A, K_6A));
+        let tmp2 = _mm256_madd_epi16(p26, kk(K_2B, K_6B));
+        let tmp0 = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(i[0], i[4])), 13);
+        let tmp1 = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_sub_epi16(i[0], i[4])), 13);
+        let tmp10 = _mm256_add_epi32(tmp0, tmp3);
+        let tmp13 = _mm256_sub_epi32(tmp0, tmp3);
+        let tmp11 = _mm256_add_epi32(tmp1, tmp2);
+        let tmp12 = _mm256_sub_epi32(tmp1, tmp2);
+        let pz = pair(_mm_add_epi16(i[7], i[3]), _mm_add_epi16(i[5], i[1]));
+        let z3 = _mm256_madd_epi16(pz, kk(K_Z3A, K_Z4A));
+        let z4 = _mm256_madd_epi16(pz, kk(K_Z3B, K_Z4B));
+        let p71 = pair(i[7], i[1]);
+        let p53 = pair(i[5], i[3]);
+        let t0 = _mm256_add_epi32(_mm256_madd_epi16(p71, kk(K_T0_7, K_T0_1)), z3);
+        let t3 = _mm256_add_epi32(_mm256_madd_epi16(p71, kk(K_T3_7, K_T3_1)), z4);
+        let t1 = _mm256_add_epi32(_mm256_madd_epi16(p53, kk(K_T1_5, K_T1_3)), z4);
+        let t2 = _mm256_add_epi32(_mm256_madd_epi16(p53, kk(K_T2_5, K_T2_3)), z3);
+        let round = _mm256_set1_epi32(1 << (SHIFT - 1));
+        let d = |x: __m256i| {
+            let x = _mm256_srai_epi32::<SHIFT>(_mm256_add_epi32(x, round));
+            _mm_packs_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x))
+        };
+        [
+            d(_mm256_add_epi32(tmp10, t3)),
+            d(_mm256_add_epi32(tmp11, t2)),
+            d(_mm256_add_epi32(tmp12, t1)),
+            d(_mm256_add_epi32(tmp13, t0)),
+            d(_mm256_sub_epi32(tmp13, t0)),
+            d(_mm256_sub_epi32(tmp12, t1)),
+            d(_mm256_sub_epi32(tmp11, t2)),
+            d(_mm256_sub_epi32(tmp10, t3)),
+        ]
+    }
+
+    /// Transposes an 8x8 matrix of 16-bit values.
+    #[inline(always)]
+    unsafe fn transpose(r: &[__m128i; 8]) -> [__m128i; 8] {
+        let a0 = _mm_unpacklo_epi16(r[0], r[1]);
+        let a1 = _mm_unpackhi_epi16(r[0], r[1]);
+        let a2 = _mm_unpacklo_epi16(r[2], r[3]);
+        let a3 = _mm_unpackhi_epi16(r[2], r[3]);
+        let a4 = _mm_unpacklo_epi16(r[4], r[5]);
+        let a5 = _mm_unpackhi_epi16(r[4], r[5]);
+        let a6 = _mm_unpacklo_epi16(r[6], r[7]);
+        let a7 = _mm_unpackhi_epi16(r[6], r[7]);
+        let b0 = _mm_unpacklo_epi32(a0, a2);
+        let b1 = _mm_unpackhi_epi32(a0, a2);
+        let b2 = _mm_unpacklo_epi32(a1, a3);
+        let b3 = _mm_unpackhi_epi32(a1, a3);
+        let b4 = _mm_unpacklo_epi32(a4, a6);
+        let b5 = _mm_unpackhi_epi32(a4, a6);
+        let b6 = _mm_unpacklo_epi32(a5, a7);
+        let b7 = _mm_unpackhi_epi32(a5, a7);
+        [
+            _mm_unpacklo_epi64(b0, b4),
+            _mm_unpackhi_epi64(b0, b4),
+            _mm_unpacklo_epi64(b1, b5),
+            _mm_unpackhi_epi64(b1, b5),
+            _mm_unpacklo_epi64(b2, b6),
+            _mm_unpackhi_epi64(b2, b6),
+            _mm_unpacklo_epi64(b3, b7),
+            _mm_unpackhi_epi64(b3, b7),
+        ]
+    }
+
+    /// `jsimd_idct_islow_avx2` itself: [`super::idct::idct_block`] in vectors.
+    ///
+    /// # Safety
+    /// AVX2 must be present and `out.len() >= 7 * stride + 8`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn idct_block(
+        coef: &[i16; 64],
+        mult: &[i16; 64],
+        out: &mut [u8],
+        stride: usize,
+    ) {
+        let c = coef.as_ptr() as *const __m128i;
+        let m = mult.as_ptr() as *const __m128i;
+        let mut rows = [_mm_setzero_si128(); 8];
+        for (r, v) in rows.iter_mut().enumerate() {
+            *v = _mm_loadu_si128(c.add(r));
+        }
+        let mut any = rows[1];
+        for v in &rows[2..] {
+            any = _mm_or_si128(any, *v);
+        }
+        let ws = if _mm_testz_si128(any, any) != 0 {
+            let dc = _mm_slli_epi16::<2>(_mm_mullo_epi16(rows[0], _mm_loadu_si128(m)));
+            [dc; 8]
+        } else {
+            for (r, v) in rows.iter_mut().enumerate() {
+                *v = _mm_mullo_epi16(*v, _mm_loadu_si128(m.add(r)));
+            }
+            pass::<11>(&rows)
+        };
+        let o = transpose(&pass::<18>(&transpose(&ws)));
+        let bias = _mm_set1_epi8(-128);
+        for r in 0..4 {
+            let b = _mm_xor_si128(_mm_packs_epi16(o[2 * r], o[2 * r + 1]), bias);
+            let p = out.as_mut_ptr().add(2 * r * stride);
+            _mm_storel_epi64(p as *mut __m128i, b);
+            _mm_storel_epi64(p.add(stride) as *mut __m128i, _mm_unpackhi_epi64(b, b));
+        }
+    }
+
+    /// [`super::upsample::fancy_h2_plain`] on `out.len() / 16` groups of 8 inputs.
+    ///
+    /// # Safety
+    /// AVX2 must be present, `out.len()` a multiple of 16 and `buf.len() >= out.len() / 2 + 2`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fancy_h2(buf: &[u16], out: &mut [u8], eb: u16, ob: u16, shift: u32) {
+        let eb = _mm_set1_epi16(eb as i16);
+        let ob = _mm_set1_epi16(ob as i16);
+        let sh = _mm_cvtsi32_si128(shift as i32);
+        let p = buf.as_ptr();
+        for g in 0..out.len() / 16 {
+            let l = _mm_loadu_si128(p.add(8 * g) as *const __m128i);
+            let c = _mm_loadu_si128(p.add(8 * g + 1) as *const __m128i);
+            let r = _mm_loadu_si128(p.add(8 * g + 2) as *const __m128i);
+            let c3 = _mm_add_epi16(_mm_add_epi16(c, c), c);
+            let e = _mm_srl_epi16(_mm_add_epi16(_mm_add_epi16(c3, l), eb), sh);
+            let o = _mm_srl_epi16(_mm_add_epi16(_mm_add_epi16(c3, r), ob), sh);
+            // Each lane is below 256: interleave the low bytes.
+            let v = _mm_or_si128(e, _mm_slli_epi16::<8>(o));
+            _mm_storeu_si128(out.as_mut_ptr().add(16 * g) as *mut __m128i, v);
+        }
+    }
+
+    /// YCbCr to interleaved RGB for a multiple of 16 pixels, `color::ycc_to_rgb_row`'s
+    /// arithmetic in 32-bit lanes.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `y`, `cb`, `cr` hold `n` samples (a multiple of 16), `out` 3n.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+        use super::color::{FIX_0_34414, FIX_0_71414, FIX_1_40200, FIX_1_77200};
+        let c128 = _mm256_set1_epi32(128);
+        let half = _mm256_set1_epi32(1 << 15);
+        let kr = _mm256_set1_epi32(FIX_1_40200);
+        let kb = _mm256_set1_epi32(FIX_1_77200);
+        let kgr = _mm256_set1_epi32(-FIX_0_71414);
+        let kgb = _mm256_set1_epi32(-FIX_0_34414);
+        // pshufb masks interleaving 16 R, G, B bytes into 48 (three 16-byte stores).
+        let mr0 = _mm_setr_epi8(0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1, -1, 5);
+        let mg0 = _mm_setr_epi8(-1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1, -1);
+        let mb0 = _mm_setr_epi8(-1, -1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1);
+        let mr1 = _mm_setr_epi8(-1, -1, 6, -1, -1, 7, -1, -1, 8, -1, -1, 9, -1, -1, 10, -1);
+        let mg1 = _mm_setr_epi8(5, -1, -1, 6, -1, -1, 7, -1, -1, 8, -1, -1, 9, -1, -1, 10);
+        let mb1 = _mm_setr_epi8(-1, 5, -1, -1, 6, -1, -1, 7, -1, -1, 8, -1, -1, 9, -1, -1);
+        let mr2 = _mm_setr_epi8(
+            -1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15, -1, -1,
+        );
+        let mg2 = _mm_setr_epi8(
+            -1, -1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15, -1,
+        );
+        let mb2 = _mm_setr_epi8(
+            10, -1, -1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15,
+        );
+        let n = y.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            let yv = _mm_loadu_si128(y.as_ptr().add(i) as *const __m128i);
+            let bv = _mm_loadu_si128(cb.as_ptr().add(i) as *const __m128i);
+            let rv = _mm_loadu_si128(cr.as_ptr().add(i) as *const __m128i);
+            let mut rr = [_mm256_setzero_si256(); 2];
+            let mut gg = [_mm256_setzero_si256(); 2];
+            let mut bb = [_mm256_setzero_si256(); 2];
+            for h in 0..2 {
+                let (ys, bs, rs) = if h == 0 {
+                    (yv, bv, rv)
+                } else {
+                    (
+                        _mm_unpackhi_epi64(yv, yv),
+                        _mm_unpackhi_epi64(bv, bv),
+                        _mm_unpackhi_epi64(rv, rv),
+                    )
+                };
+                let y32 = _mm256_cvtepu8_epi32(ys);
+                let xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(bs), c128);
+                let xr = _mm256_sub_epi32(_mm256_cvtepu8_epi32(rs), c128);
+                let r = _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_mullo_epi32(xr, kr), half));
+                let b = _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_mullo_epi32(xb, kb), half));
+                let g = _mm256_srai_epi32::<16>(_mm256_add_epi32(
+                    _mm256_add_epi32(_mm256_mullo_epi32(xb, kgb), half),
+                    _mm256_mullo_epi32(xr, kgr),
+                ));
+                rr[h] = _mm256_add_epi32(y32, r);
+                gg[h] = _mm256_add_epi32(y32, g);
+                bb[h] = _mm256_add_epi32(y32, b);
+            }
+            // 16 i32 lanes -> 16 clamped bytes.
+            let to8 = |v: [__m256i; 2]| {
+                let a = _mm_packs_epi32(
+                    _mm256_castsi256_si128(v[0]),
+                    _mm256_extracti128_si256::<1>(v[0]),
+                );
+                let b = _mm_packs_epi32(
+                    _mm256_castsi256_si128(v[1]),
+                    _mm256_extracti128_si256::<1>(v[1]),
+                );
+                _mm_packus_epi16(a, b)
+            };
+            let (r8, g8, b8) = (to8(rr), to8(gg), to8(bb));
+            let o = out.as_mut_ptr().add(3 * i) as *mut __m128i;
+            let s0 = _mm_or_si128(
+                _mm_or_si128(_mm_shuffle_epi8(r8, mr0), _mm_shuffle_epi8(g8, mg0)),
+                _mm_shuffle_epi8(b8, mb0),
+            );
+            let s1 = _mm_or_si128(
+                _mm_or_si128(_mm_shuffle_epi8(r8, mr1), _mm_shuffle_epi8(g8, mg1)),
+                _mm_shuffle_epi8(b8, mb1),
+            );
+            let s2 = _mm_or_si128(
+                _mm_or_si128(_mm_shuffle_epi8(r8, mr2), _mm_shuffle_epi8(g8, mg2)),
+                _mm_shuffle_epi8(b8, mb2),
+            );
+            _mm_storeu_si128(o, s0);
+            _mm_storeu_si128(o.add(1), s1);
+            _mm_storeu_si128(o.add(2), s2);
+            i += 16;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift) for the tests' inputs.
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    #[test]
+    fn idct_avx2_equals_plain_on_random_and_extreme_blocks() {
+        if !has_avx2() {
+            return;
+        }
+        let mut s = 0x1234_5678_9abc_def0u64;
+        for case in 0..20000 {
+            let mut coef = [0i16; 64];
+            let mut mult = [0i16; 64];
+            for k in 0..64 {
+                let r = rng(&mut s);
+                coef[k] = match case % 4 {
+                    0 => (r % 64) as i16 - 32,
+                    1 => r as i16,
+                    2 if k < 8 || r % 5 == 0 => (r >> 8) as i16 % 2048,
+                    3 if k == 0 => r as i16,
+                    _ => 0,
+                };
+                mult[k] = match case % 3 {
+                    0 => (r >> 20) as i16 % 100 + 1,
+                    1 => (r >> 24) as i16,
+                    _ => 255,
+                };
+            }
+            let mut a = [0u8; 8 * 11];
+            let mut b = [0u8; 8 * 11];
+            idct::idct_block(&coef, &mult, &mut a, 11);
+            // SAFETY: checked above; the buffer holds 8 rows of stride 11.
+            unsafe { avx2::idct_block(&coef, &mult, &mut b, 11) };
+            assert_eq!(a, b, "case {case}: {coef:?} {mult:?}");
+        }
+    }
+
+    #[test]
+    fn fancy_avx2_equals_plain_on_random_rows() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 1..70usize {
+            for (eb, ob, sh, max) in [(1u16, 2u16, 2u32, 256u64), (8, 7, 4, 1021)] {
+                let mut buf: Vec<u16> = (0..n + 2).map(|_| (rng(&mut s) % max) as u16).collect();
+                buf[0] = buf[1];
+                buf[n + 1] = buf[n];
+                for w in [2 * n - 1, 2 * n] {
+                    let mut a = vec![0u8; w];
+                    let mut b = vec![0u8; w];
+                    upsample::fancy_h2_plain(&buf, &mut a, eb, ob, sh);
+                    fancy_h2(&buf, &mut b, eb, ob, sh);
+                    assert_eq!(a, b, "n {n} w {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ycc_avx2_equals_plain_on_every_chroma_pair() {
+        let n = 256 * 16;
+        let mut y = vec![0u8; n];
+        let (mut cb, mut cr) = (vec![0u8; n], vec![0u8; n]);
+        for i in 0..n {
+            y[i] = (i * 37 % 256) as u8;
+            cb[i] = (i % 256) as u8;
+            cr[i] = (i / 16) as u8;
+        }
+        for shift in 0..4 {
+            y.rotate_left(shift * 64 + 1);
+            let mut a = vec![0u8; 3 * n];
+            let mut b = vec![0u8; 3 * n];
+            color::ycc_to_rgb_row(&y, &cb, &cr, &mut a);
+            ycc_to_rgb_row(&y, &cb, &cr, &mut b);
+            assert_eq!(a, b);
+        }
+    }
 }
