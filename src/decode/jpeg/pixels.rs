@@ -11,10 +11,9 @@ use super::idct::{self, DcWindow};
 use super::upsample::{self, Method, Plane};
 use super::{color, simd, ColorSpace, Component, Decoded, Frame, JpegError, JpegResult, Mode};
 
-/// Output rows converted by one parallel task.
-const ROWS_PER_TASK: usize = 32;
-/// Block rows transformed by one parallel task.
-const BLOCK_ROWS_PER_TASK: usize = 4;
+/// iMCU rows a parallel task converts (a band: its block rows stay in cache from the IDCT
+/// to the colour conversion; the fancy filters' context block rows are transformed twice).
+const BAND_IMCU_ROWS: usize = 8;
 
 /// The image PIL holds after `load()` for a frame whose scans have all been decoded.
 pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
@@ -43,7 +42,7 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
         .map(|c| Method::choose(c.h, c.v, frame.max_h, frame.max_v, c.downsampled_width))
         .collect::<JpegResult<Vec<_>>>()?;
     for c in &frame.components {
-        check_component(c)?;
+        check_component(frame, c)?;
     }
 
     let smooth = frame.progressive && {
@@ -52,52 +51,70 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
         idct::smoothing_ok(&q, &cb)
     };
     let total_imcu_rows = height.div_ceil(8 * frame.max_v);
-    let planes: Vec<Vec<u8>> = frame
-        .components
-        .iter()
-        .map(|c| idct_component(c, smooth, total_imcu_rows))
-        .collect();
-    let planes: Vec<Plane<'_>> = frame
-        .components
-        .iter()
-        .zip(&planes)
-        .map(|(c, data)| Plane {
-            data,
-            stride: c.width_in_blocks * 8,
-            width: c.downsampled_width,
-            height: c.downsampled_height,
-        })
-        .collect();
-
+    // Bands of iMCU rows: each task transforms the block rows its output rows need (plus
+    // the context rows of the fancy vertical filters) into buffers it reuses, then
+    // upsamples and converts its rows.
+    let band_out_rows = 8 * frame.max_v * BAND_IMCU_ROWS;
     let bpp = ncomp;
     let mut data = vec![0u8; width * height * bpp];
     let space = frame.color_space;
-    data.par_chunks_mut(width * bpp * ROWS_PER_TASK)
+    let comps = &frame.components;
+    data.par_chunks_mut(width * bpp * band_out_rows)
         .enumerate()
-        .for_each(|(task, chunk)| {
-            let mut rows = vec![vec![0u8; width]; ncomp];
-            let mut scratch = Vec::with_capacity(width + 2);
-            for (i, out) in chunk.chunks_exact_mut(width * bpp).enumerate() {
-                let y = task * ROWS_PER_TASK + i;
-                for ((m, p), r) in methods.iter().zip(&planes).zip(rows.iter_mut()) {
-                    upsample::row(*m, p, y, r, &mut scratch);
+        .for_each_init(
+            || {
+                (
+                    vec![Vec::new(); ncomp],
+                    vec![vec![0u8; width]; ncomp],
+                    Vec::new(),
+                )
+            },
+            |(bufs, rows, scratch), (band, chunk)| {
+                let y0 = band * band_out_rows;
+                let y1 = y0 + chunk.len() / (width * bpp);
+                let mut planes = Vec::with_capacity(ncomp);
+                for ((c, m), buf) in comps.iter().zip(&methods).zip(bufs.iter_mut()) {
+                    let vf = m.v_factor();
+                    let ctx = usize::from(matches!(m, Method::H1V2Fancy | Method::H2V2Fancy));
+                    let s0 = (y0 / vf).saturating_sub(ctx);
+                    let s1 = ((y1 - 1) / vf + 1 + ctx).min(c.downsampled_height);
+                    let (b0, b1) = (s0 / 8, s1.div_ceil(8));
+                    let stride = c.width_in_blocks * 8;
+                    buf.resize(stride * 8 * (b1 - b0), 0);
+                    idct_rows(c, b0, b1, smooth, total_imcu_rows, buf);
+                    planes.push(Plane {
+                        data: &buf[..],
+                        stride,
+                        width: c.downsampled_width,
+                        height: c.downsampled_height,
+                        row0: b0 * 8,
+                    });
                 }
-                match space {
-                    ColorSpace::YCbCr => simd::ycc_to_rgb_row(&rows[0], &rows[1], &rows[2], out),
-                    ColorSpace::Ycck => color::ycck_to_cmyk_inverted_row(
-                        &rows[0], &rows[1], &rows[2], &rows[3], out,
-                    ),
-                    ColorSpace::Gray | ColorSpace::Rgb => {
-                        let r: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
-                        color::interleave_row(&r, out, false)
+                for (i, out) in chunk.chunks_exact_mut(width * bpp).enumerate() {
+                    let y = y0 + i;
+                    for ((m, p), r) in methods.iter().zip(&planes).zip(rows.iter_mut()) {
+                        upsample::row(*m, p, y, r, scratch);
                     }
-                    ColorSpace::Cmyk => {
-                        let r: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
-                        color::interleave_row(&r, out, true)
+                    match space {
+                        ColorSpace::YCbCr => {
+                            simd::ycc_to_rgb_row(&rows[0], &rows[1], &rows[2], out)
+                        }
+                        ColorSpace::Ycck => color::ycck_to_cmyk_inverted_row(
+                            &rows[0], &rows[1], &rows[2], &rows[3], out,
+                        ),
+                        ColorSpace::Gray => out.copy_from_slice(&rows[0]),
+                        ColorSpace::Rgb => {
+                            color::interleave_row(&[&rows[0], &rows[1], &rows[2]], out, false)
+                        }
+                        ColorSpace::Cmyk => color::interleave_row(
+                            &[&rows[0], &rows[1], &rows[2], &rows[3]],
+                            out,
+                            true,
+                        ),
                     }
                 }
-            }
-        });
+            },
+        );
     Ok(Decoded {
         width,
         height,
@@ -107,8 +124,14 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
 }
 
 /// Checks the geometry fields the pixel stage indexes with against the coefficients held.
-fn check_component(c: &Component) -> JpegResult<()> {
-    let ok = c.width_in_blocks <= c.blocks_w
+fn check_component(f: &Frame, c: &Component) -> JpegResult<()> {
+    let ok = c.h > 0
+        && c.v > 0
+        && c.downsampled_width == (f.width * c.h).div_ceil(f.max_h)
+        && c.downsampled_height == (f.height * c.v).div_ceil(f.max_v)
+        && c.width_in_blocks == c.downsampled_width.div_ceil(8)
+        && c.height_in_blocks == c.downsampled_height.div_ceil(8)
+        && c.width_in_blocks <= c.blocks_w
         && c.height_in_blocks <= c.blocks_h
         && c.coefs.len() == c.blocks_w * c.blocks_h
         && c.downsampled_width <= c.width_in_blocks * 8
@@ -127,35 +150,34 @@ fn check_component(c: &Component) -> JpegResult<()> {
     }
 }
 
-/// The IDCT of every real block of a component (`width_in_blocks` x `height_in_blocks`),
-/// smoothed first when `smooth`: a plane of `8 * width_in_blocks` samples a row.
-fn idct_component(c: &Component, smooth: bool, total_imcu_rows: usize) -> Vec<u8> {
+/// The IDCT of block rows `b0..b1` of a component (its real blocks, `width_in_blocks` a
+/// row), smoothed first when `smooth`, into `out`: `8 * width_in_blocks` samples a row.
+fn idct_rows(
+    c: &Component,
+    b0: usize,
+    b1: usize,
+    smooth: bool,
+    total_imcu_rows: usize,
+    out: &mut [u8],
+) {
     let stride = c.width_in_blocks * 8;
-    let mut plane = vec![0u8; stride * c.height_in_blocks * 8];
     let mult = idct::mult_table(&c.quant);
-    plane
-        .par_chunks_mut(stride * 8 * BLOCK_ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (i, band) in chunk.chunks_exact_mut(stride * 8).enumerate() {
-                let by = task * BLOCK_ROWS_PER_TASK + i;
-                let row = &c.coefs[by * c.blocks_w..by * c.blocks_w + c.width_in_blocks];
-                if smooth {
-                    let rows = smoothing_rows(c, by, total_imcu_rows);
-                    for bx in 0..c.width_in_blocks {
-                        let mut ws = row[bx];
-                        let dc = dc_window(c, &rows, bx);
-                        idct::smooth_block(&mut ws, &dc, &c.quant, &c.coef_bits);
-                        simd::idct_block(&ws, &mult, &mut band[bx * 8..], stride);
-                    }
-                } else {
-                    for (bx, blk) in row.iter().enumerate() {
-                        simd::idct_block(blk, &mult, &mut band[bx * 8..], stride);
-                    }
-                }
+    for (band, by) in out.chunks_exact_mut(stride * 8).zip(b0..b1) {
+        let row = &c.coefs[by * c.blocks_w..by * c.blocks_w + c.width_in_blocks];
+        if smooth {
+            let rows = smoothing_rows(c, by, total_imcu_rows);
+            for (bx, blk) in row.iter().enumerate() {
+                let mut ws = *blk;
+                let dc = dc_window(c, &rows, bx);
+                idct::smooth_block(&mut ws, &dc, &c.quant, &c.coef_bits);
+                simd::idct_block(&ws, &mult, &mut band[bx * 8..], stride);
             }
-        });
-    plane
+        } else {
+            for (bx, blk) in row.iter().enumerate() {
+                simd::idct_block(blk, &mult, &mut band[bx * 8..], stride);
+            }
+        }
+    }
 }
 
 /// The block rows (prev-prev, prev, this, next, next-next) whose DC values smooth block row

@@ -88,14 +88,17 @@ pub(super) struct Plane<'a> {
     pub width: usize,
     /// `downsampled_height`.
     pub height: usize,
+    /// The component row that `data`'s first row holds (a band of the component).
+    pub row0: usize,
 }
 
 impl Plane<'_> {
     /// Row `y` (clamped to the real rows, as libjpeg's context rows replicate the edges).
     #[inline]
     fn row(&self, y: isize) -> &[u8] {
-        let y = y.clamp(0, self.height as isize - 1) as usize;
-        &self.data[y * self.stride..y * self.stride + self.stride]
+        let y = (y.clamp(0, self.height as isize - 1) as usize).saturating_sub(self.row0);
+        let start = (y * self.stride).min(self.data.len());
+        &self.data[start..(start + self.stride).min(self.data.len())]
     }
 }
 
