@@ -222,20 +222,22 @@ mod avx2 {
         }
     }
 
-    /// YCbCr to interleaved RGB for a multiple of 16 pixels, `color::ycc_to_rgb_row`'s
-    /// arithmetic in 32-bit lanes.
+    /// YCbCr to interleaved RGB for a multiple of 16 pixels, exactly `color::ycc_to_rgb_row`
+    /// in 16-bit lanes: with `x = c - 128`, `FIX(1.402) x = 65536 x + 26345 x`,
+    /// `FIX(1.772) x = 131072 x - 14942 x` and `-FIX(0.34414) xb - FIX(0.71414) xr =
+    /// -22554 xb - 23401 xr - 23401 xr`, so every table value is an integer part plus the high
+    /// half of a `vpmaddwd` sum (the `ONE_HALF` rounding enters as `2 * 16384`).
     ///
     /// # Safety
     /// AVX2 must be present; `y`, `cb`, `cr` hold `n` samples (a multiple of 16), `out` 3n.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
-        use super::color::{FIX_0_34414, FIX_0_71414, FIX_1_40200, FIX_1_77200};
-        let c128 = _mm256_set1_epi32(128);
-        let half = _mm256_set1_epi32(1 << 15);
-        let kr = _mm256_set1_epi32(FIX_1_40200);
-        let kb = _mm256_set1_epi32(FIX_1_77200);
-        let kgr = _mm256_set1_epi32(-FIX_0_71414);
-        let kgb = _mm256_set1_epi32(-FIX_0_34414);
+        let c128 = _mm256_set1_epi16(128);
+        let two = _mm256_set1_epi16(2);
+        let k_r = kk(26345, 16384);
+        let k_b = kk(-14942, 16384);
+        let k_g1 = kk(-22554, -23401);
+        let k_g2 = kk(-23401, 16384);
         // pshufb masks interleaving 16 R, G, B bytes into 48 (three 16-byte stores).
         let mr0 = _mm_setr_epi8(0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1, -1, 5);
         let mg0 = _mm_setr_epi8(-1, 0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1, 4, -1, -1);
@@ -252,51 +254,44 @@ mod avx2 {
         let mb2 = _mm_setr_epi8(
             10, -1, -1, 11, -1, -1, 12, -1, -1, 13, -1, -1, 14, -1, -1, 15,
         );
+        // The high halves of the 32-bit sums `a . k` over 16 pixels, back in pixel order.
+        let hi = |lo: __m256i, hi: __m256i| {
+            _mm256_packs_epi32(_mm256_srai_epi32::<16>(lo), _mm256_srai_epi32::<16>(hi))
+        };
+        // 16 i16 lanes to 16 clamped bytes.
+        let to8 = |v: __m256i| {
+            _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0x08>(_mm256_packus_epi16(v, v)))
+        };
         let n = y.len();
         let mut i = 0;
         while i + 16 <= n {
-            let yv = _mm_loadu_si128(y.as_ptr().add(i) as *const __m128i);
-            let bv = _mm_loadu_si128(cb.as_ptr().add(i) as *const __m128i);
-            let rv = _mm_loadu_si128(cr.as_ptr().add(i) as *const __m128i);
-            let mut rr = [_mm256_setzero_si256(); 2];
-            let mut gg = [_mm256_setzero_si256(); 2];
-            let mut bb = [_mm256_setzero_si256(); 2];
-            for h in 0..2 {
-                let (ys, bs, rs) = if h == 0 {
-                    (yv, bv, rv)
-                } else {
-                    (
-                        _mm_unpackhi_epi64(yv, yv),
-                        _mm_unpackhi_epi64(bv, bv),
-                        _mm_unpackhi_epi64(rv, rv),
-                    )
-                };
-                let y32 = _mm256_cvtepu8_epi32(ys);
-                let xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(bs), c128);
-                let xr = _mm256_sub_epi32(_mm256_cvtepu8_epi32(rs), c128);
-                let r = _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_mullo_epi32(xr, kr), half));
-                let b = _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_mullo_epi32(xb, kb), half));
-                let g = _mm256_srai_epi32::<16>(_mm256_add_epi32(
-                    _mm256_add_epi32(_mm256_mullo_epi32(xb, kgb), half),
-                    _mm256_mullo_epi32(xr, kgr),
-                ));
-                rr[h] = _mm256_add_epi32(y32, r);
-                gg[h] = _mm256_add_epi32(y32, g);
-                bb[h] = _mm256_add_epi32(y32, b);
-            }
-            // 16 i32 lanes -> 16 clamped bytes.
-            let to8 = |v: [__m256i; 2]| {
-                let a = _mm_packs_epi32(
-                    _mm256_castsi256_si128(v[0]),
-                    _mm256_extracti128_si256::<1>(v[0]),
-                );
-                let b = _mm_packs_epi32(
-                    _mm256_castsi256_si128(v[1]),
-                    _mm256_extracti128_si256::<1>(v[1]),
-                );
-                _mm_packus_epi16(a, b)
+            let ld = |s: &[u8]| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i))
             };
-            let (r8, g8, b8) = (to8(rr), to8(gg), to8(bb));
+            let yv = ld(y);
+            let xb = _mm256_sub_epi16(ld(cb), c128);
+            let xr = _mm256_sub_epi16(ld(cr), c128);
+            let (r2l, r2h) = (
+                _mm256_unpacklo_epi16(xr, two),
+                _mm256_unpackhi_epi16(xr, two),
+            );
+            let (b2l, b2h) = (
+                _mm256_unpacklo_epi16(xb, two),
+                _mm256_unpackhi_epi16(xb, two),
+            );
+            let (brl, brh) = (_mm256_unpacklo_epi16(xb, xr), _mm256_unpackhi_epi16(xb, xr));
+            let rr = hi(_mm256_madd_epi16(r2l, k_r), _mm256_madd_epi16(r2h, k_r));
+            let bb = hi(_mm256_madd_epi16(b2l, k_b), _mm256_madd_epi16(b2h, k_b));
+            let gg = hi(
+                _mm256_add_epi32(_mm256_madd_epi16(brl, k_g1), _mm256_madd_epi16(r2l, k_g2)),
+                _mm256_add_epi32(_mm256_madd_epi16(brh, k_g1), _mm256_madd_epi16(r2h, k_g2)),
+            );
+            let r8 = to8(_mm256_add_epi16(_mm256_add_epi16(yv, xr), rr));
+            let g8 = to8(_mm256_add_epi16(yv, gg));
+            let b8 = to8(_mm256_add_epi16(
+                _mm256_add_epi16(yv, _mm256_add_epi16(xb, xb)),
+                bb,
+            ));
             let o = out.as_mut_ptr().add(3 * i) as *mut __m128i;
             let s0 = _mm_or_si128(
                 _mm_or_si128(_mm_shuffle_epi8(r8, mr0), _mm_shuffle_epi8(g8, mg0)),
@@ -384,16 +379,17 @@ mod tests {
 
     #[test]
     fn ycc_avx2_equals_plain_on_every_chroma_pair() {
-        let n = 256 * 16;
-        let mut y = vec![0u8; n];
-        let (mut cb, mut cr) = (vec![0u8; n], vec![0u8; n]);
+        // Every (cb, cr) pair, each with several luma values, and an unaligned tail.
+        let n = 65536 + 13;
+        let (mut y, mut cb, mut cr) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
         for i in 0..n {
-            y[i] = (i * 37 % 256) as u8;
             cb[i] = (i % 256) as u8;
-            cr[i] = (i / 16) as u8;
+            cr[i] = (i / 256 % 256) as u8;
         }
-        for shift in 0..4 {
-            y.rotate_left(shift * 64 + 1);
+        for shift in 0..6 {
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = [0, 255, 128, 1, 254, (i * 37 % 256) as u8][shift];
+            }
             let mut a = vec![0u8; 3 * n];
             let mut b = vec![0u8; 3 * n];
             color::ycc_to_rgb_row(&y, &cb, &cr, &mut a);
