@@ -78,88 +78,118 @@ mod avx2 {
     use super::idct::k::*;
     use std::arch::x86_64::*;
 
-    /// `(a, b)` pairs of `a` and `b` lanes, columns 0..8, for `vpmaddwd`.
-    #[inline(always)]
-    unsafe fn pair(a: __m128i, b: __m128i) -> __m256i {
-        _mm256_set_m128i(_mm_unpackhi_epi16(a, b), _mm_unpacklo_epi16(a, b))
-    }
-
     /// The `vpmaddwd` constant `a * first + b * second`.
     #[inline(always)]
     unsafe fn kk(a: i32, b: i32) -> __m256i {
         _mm256_set1_epi32(((b as u32) << 16 | (a as u32 & 0xffff)) as i32)
     }
 
-    /// One 1-D pass on eight vectors of eight columns, `DODCT`: 16-bit saturated results.
+    /// A `vpmaddwd` constant with different pairs in the low and high 128-bit lanes.
     #[inline(always)]
-    unsafe fn pass<const SHIFT: i32>(i: &[__m128i; 8]) -> [__m128i; 8] {
-        let p26 = pair(i[2], i[6]);
-        let tmp3 = _mm256_madd_epi16(p26, kk(K_2A, K_6A));
-        let tmp2 = _mm256_madd_epi16(p26, kk(K_2B, K_6B));
-        let tmp0 = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(i[0], i[4])), 13);
-        let tmp1 = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_sub_epi16(i[0], i[4])), 13);
-        let tmp10 = _mm256_add_epi32(tmp0, tmp3);
-        let tmp13 = _mm256_sub_epi32(tmp0, tmp3);
-        let tmp11 = _mm256_add_epi32(tmp1, tmp2);
-        let tmp12 = _mm256_sub_epi32(tmp1, tmp2);
-        let pz = pair(_mm_add_epi16(i[7], i[3]), _mm_add_epi16(i[5], i[1]));
-        let z3 = _mm256_madd_epi16(pz, kk(K_Z3A, K_Z4A));
-        let z4 = _mm256_madd_epi16(pz, kk(K_Z3B, K_Z4B));
-        let p71 = pair(i[7], i[1]);
-        let p53 = pair(i[5], i[3]);
-        let t0 = _mm256_add_epi32(_mm256_madd_epi16(p71, kk(K_T0_7, K_T0_1)), z3);
-        let t3 = _mm256_add_epi32(_mm256_madd_epi16(p71, kk(K_T3_7, K_T3_1)), z4);
-        let t1 = _mm256_add_epi32(_mm256_madd_epi16(p53, kk(K_T1_5, K_T1_3)), z4);
-        let t2 = _mm256_add_epi32(_mm256_madd_epi16(p53, kk(K_T2_5, K_T2_3)), z3);
+    unsafe fn kk2(lo: (i32, i32), hi: (i32, i32)) -> __m256i {
+        let w = |a: i32, b: i32| ((b as u32) << 16 | (a as u32 & 0xffff)) as i32;
+        let (l, h) = (w(lo.0, lo.1), w(hi.0, hi.1));
+        _mm256_setr_epi32(l, l, l, l, h, h, h, h)
+    }
+
+    /// The kernel's `DODCT` macro: one 1-D pass on the rows (or columns) held as
+    /// `in0_4`, `in3_1`, `in2_6`, `in7_5` (two 8-lane rows a register, 16 bits a lane).
+    /// Returns `data0_1`, `data3_2`, `data4_5`, `data7_6`, saturated to 16 bits.
+    #[inline(always)]
+    unsafe fn dodct<const SHIFT: i32>(
+        in04: __m256i,
+        in31: __m256i,
+        in26: __m256i,
+        in75: __m256i,
+    ) -> [__m256i; 4] {
+        // Even part.
+        let in62 = _mm256_permute2x128_si256::<0x01>(in26, in26);
+        let k_even = kk2((K_2A, K_6A), (K_6B, K_2B));
+        let tmp32l = _mm256_madd_epi16(_mm256_unpacklo_epi16(in26, in62), k_even);
+        let tmp32h = _mm256_madd_epi16(_mm256_unpackhi_epi16(in26, in62), k_even);
+        let in40 = _mm256_permute2x128_si256::<0x01>(in04, in04);
+        let signed = _mm256_sign_epi16(
+            in04,
+            _mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1),
+        );
+        let tmp01 = _mm256_add_epi16(in40, signed);
+        let zero = _mm256_setzero_si256();
+        let tmp01l = _mm256_srai_epi32::<3>(_mm256_unpacklo_epi16(zero, tmp01));
+        let tmp01h = _mm256_srai_epi32::<3>(_mm256_unpackhi_epi16(zero, tmp01));
+        let tmp1312l = _mm256_sub_epi32(tmp01l, tmp32l);
+        let tmp1011l = _mm256_add_epi32(tmp01l, tmp32l);
+        let tmp1312h = _mm256_sub_epi32(tmp01h, tmp32h);
+        let tmp1011h = _mm256_add_epi32(tmp01h, tmp32h);
+        // Odd part.
+        let z34 = _mm256_add_epi16(in75, in31);
+        let z43 = _mm256_permute2x128_si256::<0x01>(z34, z34);
+        let k_z = kk2((K_Z3A, K_Z4A), (K_Z4B, K_Z3B));
+        let z34l = _mm256_madd_epi16(_mm256_unpacklo_epi16(z34, z43), k_z);
+        let z34h = _mm256_madd_epi16(_mm256_unpackhi_epi16(z34, z43), k_z);
+        let in13 = _mm256_permute2x128_si256::<0x01>(in31, in31);
+        let p_l = _mm256_unpacklo_epi16(in75, in13);
+        let p_h = _mm256_unpackhi_epi16(in75, in13);
+        let k_t01 = kk2((K_T0_7, K_T0_1), (K_T1_5, K_T1_3));
+        let k_t32 = kk2((K_T3_7, K_T3_1), (K_T2_5, K_T2_3));
+        let t01l = _mm256_add_epi32(_mm256_madd_epi16(p_l, k_t01), z34l);
+        let t01h = _mm256_add_epi32(_mm256_madd_epi16(p_h, k_t01), z34h);
+        let z43l = _mm256_permute2x128_si256::<0x01>(z34l, z34l);
+        let z43h = _mm256_permute2x128_si256::<0x01>(z34h, z34h);
+        let t32l = _mm256_add_epi32(_mm256_madd_epi16(p_l, k_t32), z43l);
+        let t32h = _mm256_add_epi32(_mm256_madd_epi16(p_h, k_t32), z43h);
+        // Final output stage.
         let round = _mm256_set1_epi32(1 << (SHIFT - 1));
-        let d = |x: __m256i| {
-            let x = _mm256_srai_epi32::<SHIFT>(_mm256_add_epi32(x, round));
-            _mm_packs_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x))
+        let d = |l: __m256i, h: __m256i| {
+            _mm256_packs_epi32(
+                _mm256_srai_epi32::<SHIFT>(_mm256_add_epi32(l, round)),
+                _mm256_srai_epi32::<SHIFT>(_mm256_add_epi32(h, round)),
+            )
         };
         [
-            d(_mm256_add_epi32(tmp10, t3)),
-            d(_mm256_add_epi32(tmp11, t2)),
-            d(_mm256_add_epi32(tmp12, t1)),
-            d(_mm256_add_epi32(tmp13, t0)),
-            d(_mm256_sub_epi32(tmp13, t0)),
-            d(_mm256_sub_epi32(tmp12, t1)),
-            d(_mm256_sub_epi32(tmp11, t2)),
-            d(_mm256_sub_epi32(tmp10, t3)),
+            d(
+                _mm256_add_epi32(tmp1011l, t32l),
+                _mm256_add_epi32(tmp1011h, t32h),
+            ),
+            d(
+                _mm256_add_epi32(tmp1312l, t01l),
+                _mm256_add_epi32(tmp1312h, t01h),
+            ),
+            d(
+                _mm256_sub_epi32(tmp1312l, t01l),
+                _mm256_sub_epi32(tmp1312h, t01h),
+            ),
+            d(
+                _mm256_sub_epi32(tmp1011l, t32l),
+                _mm256_sub_epi32(tmp1011h, t32h),
+            ),
         ]
     }
 
-    /// Transposes an 8x8 matrix of 16-bit values.
+    /// The kernel's `DOTRANSPOSE`: `data0_1`, `data3_2`, `data4_5`, `data7_6` (rows) to
+    /// `data0_4`, `data1_5`, `data2_6`, `data3_7` (columns).
     #[inline(always)]
-    unsafe fn transpose(r: &[__m128i; 8]) -> [__m128i; 8] {
-        let a0 = _mm_unpacklo_epi16(r[0], r[1]);
-        let a1 = _mm_unpackhi_epi16(r[0], r[1]);
-        let a2 = _mm_unpacklo_epi16(r[2], r[3]);
-        let a3 = _mm_unpackhi_epi16(r[2], r[3]);
-        let a4 = _mm_unpacklo_epi16(r[4], r[5]);
-        let a5 = _mm_unpackhi_epi16(r[4], r[5]);
-        let a6 = _mm_unpacklo_epi16(r[6], r[7]);
-        let a7 = _mm_unpackhi_epi16(r[6], r[7]);
-        let b0 = _mm_unpacklo_epi32(a0, a2);
-        let b1 = _mm_unpackhi_epi32(a0, a2);
-        let b2 = _mm_unpacklo_epi32(a1, a3);
-        let b3 = _mm_unpackhi_epi32(a1, a3);
-        let b4 = _mm_unpacklo_epi32(a4, a6);
-        let b5 = _mm_unpackhi_epi32(a4, a6);
-        let b6 = _mm_unpacklo_epi32(a5, a7);
-        let b7 = _mm_unpackhi_epi32(a5, a7);
+    unsafe fn dotranspose(r: [__m256i; 4]) -> [__m256i; 4] {
+        let a = _mm256_permute4x64_epi64::<0xD8>(r[0]);
+        let b = _mm256_permute4x64_epi64::<0x72>(r[1]);
+        let c = _mm256_permute4x64_epi64::<0xD8>(r[2]);
+        let d = _mm256_permute4x64_epi64::<0x72>(r[3]);
+        let p1 = _mm256_unpacklo_epi16(a, b);
+        let p2 = _mm256_unpackhi_epi16(a, b);
+        let p3 = _mm256_unpacklo_epi16(c, d);
+        let p4 = _mm256_unpackhi_epi16(c, d);
+        let q5 = _mm256_unpacklo_epi16(p1, p2);
+        let q6 = _mm256_unpacklo_epi16(p3, p4);
+        let q7 = _mm256_unpackhi_epi16(p1, p2);
+        let q8 = _mm256_unpackhi_epi16(p3, p4);
         [
-            _mm_unpacklo_epi64(b0, b4),
-            _mm_unpackhi_epi64(b0, b4),
-            _mm_unpacklo_epi64(b1, b5),
-            _mm_unpackhi_epi64(b1, b5),
-            _mm_unpacklo_epi64(b2, b6),
-            _mm_unpackhi_epi64(b2, b6),
-            _mm_unpacklo_epi64(b3, b7),
-            _mm_unpackhi_epi64(b3, b7),
+            _mm256_unpacklo_epi64(q5, q6),
+            _mm256_unpackhi_epi64(q5, q6),
+            _mm256_unpacklo_epi64(q7, q8),
+            _mm256_unpackhi_epi64(q7, q8),
         ]
     }
 
-    /// `jsimd_idct_islow_avx2` itself: [`super::idct::idct_block`] in vectors.
+    /// `jsimd_idct_islow_avx2` itself, step for step: [`super::idct::idct_block`] in vectors.
     ///
     /// # Safety
     /// AVX2 must be present and `out.len() >= 7 * stride + 8`.
@@ -170,33 +200,69 @@ mod avx2 {
         out: &mut [u8],
         stride: usize,
     ) {
-        let c = coef.as_ptr() as *const __m128i;
-        let m = mult.as_ptr() as *const __m128i;
-        let mut rows = [_mm_setzero_si128(); 8];
-        for (r, v) in rows.iter_mut().enumerate() {
-            *v = _mm_loadu_si128(c.add(r));
-        }
-        let mut any = rows[1];
-        for v in &rows[2..] {
-            any = _mm_or_si128(any, *v);
-        }
-        let ws = if _mm_testz_si128(any, any) != 0 {
-            let dc = _mm_slli_epi16::<2>(_mm_mullo_epi16(rows[0], _mm_loadu_si128(m)));
-            [dc; 8]
+        let c = coef.as_ptr() as *const __m256i;
+        let m = mult.as_ptr() as *const __m256i;
+        let r01 = _mm256_loadu_si256(c);
+        let r23 = _mm256_loadu_si256(c.add(1));
+        let r45 = _mm256_loadu_si256(c.add(2));
+        let r67 = _mm256_loadu_si256(c.add(3));
+        // Rows 1..7 all zero: the dequantized DC row shifted in 16 bits, every row alike.
+        let any = _mm256_or_si256(
+            _mm256_or_si256(_mm256_permute2x128_si256::<0x11>(r01, r01), r23),
+            _mm256_or_si256(r45, r67),
+        );
+        let (c04, c15, c26, c37) = if _mm256_testz_si256(any, any) != 0 {
+            let dc = _mm_slli_epi16::<2>(_mm_mullo_epi16(
+                _mm256_castsi256_si128(r01),
+                _mm256_castsi256_si128(_mm256_loadu_si256(m)),
+            ));
+            let lo = _mm_unpacklo_epi16(dc, dc);
+            let hi = _mm_unpackhi_epi16(dc, dc);
+            let v = _mm256_set_m128i(hi, lo);
+            (
+                _mm256_shuffle_epi32::<0x00>(v),
+                _mm256_shuffle_epi32::<0x55>(v),
+                _mm256_shuffle_epi32::<0xAA>(v),
+                _mm256_shuffle_epi32::<0xFF>(v),
+            )
         } else {
-            for (r, v) in rows.iter_mut().enumerate() {
-                *v = _mm_mullo_epi16(*v, _mm_loadu_si128(m.add(r)));
-            }
-            pass::<11>(&rows)
+            let r01 = _mm256_mullo_epi16(r01, _mm256_loadu_si256(m));
+            let r23 = _mm256_mullo_epi16(r23, _mm256_loadu_si256(m.add(1)));
+            let r45 = _mm256_mullo_epi16(r45, _mm256_loadu_si256(m.add(2)));
+            let r67 = _mm256_mullo_epi16(r67, _mm256_loadu_si256(m.add(3)));
+            let in04 = _mm256_permute2x128_si256::<0x20>(r01, r45);
+            let in31 = _mm256_permute2x128_si256::<0x31>(r23, r01);
+            let in26 = _mm256_permute2x128_si256::<0x20>(r23, r67);
+            let in75 = _mm256_permute2x128_si256::<0x31>(r67, r45);
+            let t = dotranspose(dodct::<11>(in04, in31, in26, in75));
+            (t[0], t[1], t[2], t[3])
         };
-        let o = transpose(&pass::<18>(&transpose(&ws)));
-        let bias = _mm_set1_epi8(-128);
-        for r in 0..4 {
-            let b = _mm_xor_si128(_mm_packs_epi16(o[2 * r], o[2 * r + 1]), bias);
-            let p = out.as_mut_ptr().add(2 * r * stride);
-            _mm_storel_epi64(p as *mut __m128i, b);
-            _mm_storel_epi64(p.add(stride) as *mut __m128i, _mm_unpackhi_epi64(b, b));
-        }
+        // Pass 2: rows.
+        let in75 = _mm256_permute2x128_si256::<0x31>(c37, c15);
+        let in31 = _mm256_permute2x128_si256::<0x20>(c37, c15);
+        let o = dotranspose(dodct::<18>(c04, in31, c26, in75));
+        // o = rows 0_4, 1_5, 2_6, 3_7: saturate to bytes and centre.
+        let bias = _mm256_set1_epi8(-128);
+        let b0 = _mm256_xor_si256(_mm256_packs_epi16(o[0], o[1]), bias); // 0 1 | 4 5
+        let b1 = _mm256_xor_si256(_mm256_packs_epi16(o[2], o[3]), bias); // 2 3 | 6 7
+        let p = out.as_mut_ptr();
+        let st = |row: usize, v: __m128i| _mm_storel_epi64(p.add(row * stride) as *mut __m128i, v);
+        let (lo0, hi0) = (
+            _mm256_castsi256_si128(b0),
+            _mm256_extracti128_si256::<1>(b0),
+        );
+        let (lo1, hi1) = (
+            _mm256_castsi256_si128(b1),
+            _mm256_extracti128_si256::<1>(b1),
+        );
+        st(0, lo0);
+        st(1, _mm_unpackhi_epi64(lo0, lo0));
+        st(2, lo1);
+        st(3, _mm_unpackhi_epi64(lo1, lo1));
+        st(4, hi0);
+        st(5, _mm_unpackhi_epi64(hi0, hi0));
+        st(6, hi1);
+        st(7, _mm_unpackhi_epi64(hi1, hi1));
     }
 
     /// [`super::upsample::fancy_h2_plain`] on `out.len() / 16` groups of 8 inputs.
