@@ -405,7 +405,7 @@ mod tests {
                 coef[k] = match case % 4 {
                     0 => (r % 64) as i16 - 32,
                     1 => r as i16,
-                    2 if k < 8 || r % 5 == 0 => (r >> 8) as i16 % 2048,
+                    2 if k < 8 || r.is_multiple_of(5) => (r >> 8) as i16 % 2048,
                     3 if k == 0 => r as i16,
                     _ => 0,
                 };

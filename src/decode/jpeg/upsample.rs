@@ -40,7 +40,7 @@ impl Method {
         max_v: usize,
         downsampled_width: usize,
     ) -> JpegResult<Method> {
-        if h == 0 || v == 0 || max_h % h != 0 || max_v % v != 0 {
+        if h == 0 || v == 0 || !max_h.is_multiple_of(h) || !max_v.is_multiple_of(v) {
             return Err(JpegError::Unsupported(format!(
                 "fractional sampling factors {h}x{v} of {max_h}x{max_v} (libjpeg: \
                  JERR_FRACT_SAMPLE_NOTIMPL)"
@@ -115,7 +115,11 @@ pub(super) fn row(method: Method, p: &Plane<'_>, y: usize, out: &mut [u8], scrat
         }
         Method::H1V2Fancy => {
             let r = (y / 2) as isize;
-            let (other, bias) = if y % 2 == 0 { (r - 1, 1) } else { (r + 1, 2) };
+            let (other, bias) = if y.is_multiple_of(2) {
+                (r - 1, 1)
+            } else {
+                (r + 1, 2)
+            };
             let a = &p.row(r)[..w];
             let b = &p.row(other)[..w];
             for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
@@ -124,7 +128,7 @@ pub(super) fn row(method: Method, p: &Plane<'_>, y: usize, out: &mut [u8], scrat
         }
         Method::H2V2Fancy => {
             let r = (y / 2) as isize;
-            let other = if y % 2 == 0 { r - 1 } else { r + 1 };
+            let other = if y.is_multiple_of(2) { r - 1 } else { r + 1 };
             let near = &p.row(r)[..p.width];
             let far = &p.row(other)[..p.width];
             sums(
@@ -177,7 +181,7 @@ pub(super) fn fancy_h2_plain(
     for (x, o) in out.iter_mut().enumerate() {
         let i = x / 2 + 1;
         let c = buf[i] * 3;
-        *o = if x % 2 == 0 {
+        *o = if x.is_multiple_of(2) {
             ((c + buf[i - 1] + even_bias) >> shift) as u8
         } else {
             ((c + buf[i + 1] + odd_bias) >> shift) as u8
