@@ -36,6 +36,12 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
         )));
     }
     let (width, height) = (frame.width, frame.height);
+    if width == 0 || height == 0 || frame.max_h == 0 || frame.max_v == 0 {
+        return Err(JpegError::Malformed(format!(
+            "empty image ({width}x{height}, sampling {}x{})",
+            frame.max_h, frame.max_v
+        )));
+    }
     let methods = frame
         .components
         .iter()
@@ -235,4 +241,270 @@ fn dc_window(c: &Component, rows: &[usize; 5], bx: usize) -> DcWindow {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    //! Small frames whose coefficients jpeglib read from cjpeg files, with the bytes PIL
+    //! (Pillow 13.0.0, libjpeg-turbo 3.2.0) decodes from those files.
+    use super::*;
+
+    /// A frame of the given size and sampling factors, geometry as libjpeg computes it, all
+    /// coefficients zero and quantization tables of ones.
+    fn frame(
+        w: usize,
+        h: usize,
+        cs: ColorSpace,
+        progressive: bool,
+        hv: &[(usize, usize)],
+    ) -> Frame {
+        let max_h = hv.iter().map(|x| x.0).max().unwrap_or(1);
+        let max_v = hv.iter().map(|x| x.1).max().unwrap_or(1);
+        let components = hv
+            .iter()
+            .enumerate()
+            .map(|(i, &(ch, cv))| {
+                let dw = (w * ch).div_ceil(max_h);
+                let dh = (h * cv).div_ceil(max_v);
+                let (wib, hib) = (dw.div_ceil(8), dh.div_ceil(8));
+                let (bw, bh) = (wib.div_ceil(ch) * ch, hib.div_ceil(cv) * cv);
+                Component {
+                    id: i as u8 + 1,
+                    h: ch,
+                    v: cv,
+                    tq: 0,
+                    quant: [1; 64],
+                    width_in_blocks: wib,
+                    height_in_blocks: hib,
+                    downsampled_width: dw,
+                    downsampled_height: dh,
+                    blocks_w: bw,
+                    blocks_h: bh,
+                    coefs: vec![[0; 64]; bw * bh],
+                    coef_bits: [0; 64],
+                }
+            })
+            .collect();
+        Frame {
+            width: w,
+            height: h,
+            precision: 8,
+            progressive,
+            arithmetic: false,
+            components,
+            max_h,
+            max_v,
+            color_space: cs,
+            adobe: false,
+            exif: None,
+        }
+    }
+
+    /// Sets coefficients `(block row, block column, natural index, value)`.
+    fn set(c: &mut Component, nz: &[(usize, usize, usize, i16)]) {
+        for &(by, bx, k, v) in nz {
+            c.coefs[by * c.blocks_w + bx][k] = v;
+        }
+    }
+
+    /// A 5x3 4:2:0 baseline photo (h2v2 fancy upsampling on 3 chroma samples).
+    fn tiny_420() -> (Frame, &'static [u8]) {
+        let mut f = frame(5, 3, ColorSpace::YCbCr, false, &[(2, 2), (1, 1), (1, 1)]);
+        f.components[0].quant = [
+            8, 6, 5, 8, 12, 20, 26, 31, 6, 6, 7, 10, 13, 29, 30, 28, 7, 7, 8, 12, 20, 29, 35, 28,
+            7, 9, 11, 15, 26, 44, 40, 31, 9, 11, 19, 28, 34, 55, 52, 39, 12, 18, 28, 32, 41, 52,
+            57, 46, 25, 32, 39, 44, 52, 61, 60, 51, 36, 46, 48, 49, 56, 50, 52, 50,
+        ];
+        set(
+            &mut f.components[0],
+            &[
+                (0, 0, 0, 10),
+                (0, 0, 2, 3),
+                (0, 0, 3, 1),
+                (0, 0, 4, -1),
+                (0, 0, 5, -1),
+                (0, 0, 6, -1),
+                (0, 0, 8, -6),
+                (0, 0, 9, -1),
+                (0, 0, 16, -4),
+                (0, 0, 24, -3),
+                (0, 0, 32, -1),
+            ],
+        );
+        f.components[1].quant = [
+            9, 9, 12, 24, 50, 50, 50, 50, 9, 11, 13, 33, 50, 50, 50, 50, 12, 13, 28, 50, 50, 50,
+            50, 50, 24, 33, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+            50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+        ];
+        set(
+            &mut f.components[1],
+            &[(0, 0, 0, -51), (0, 0, 8, 1), (0, 0, 16, 1)],
+        );
+        f.components[2].quant = [
+            9, 9, 12, 24, 50, 50, 50, 50, 9, 11, 13, 33, 50, 50, 50, 50, 12, 13, 28, 50, 50, 50,
+            50, 50, 24, 33, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+            50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+        ];
+        set(
+            &mut f.components[2],
+            &[(0, 0, 0, 13), (0, 0, 1, -1), (0, 0, 2, -1)],
+        );
+        (
+            f,
+            &[
+                135, 131, 24, 147, 143, 36, 133, 126, 20, 135, 126, 21, 145, 134, 29, 145, 141, 34,
+                157, 153, 46, 143, 136, 30, 144, 135, 30, 154, 143, 38, 154, 150, 42, 165, 161, 53,
+                152, 145, 38, 153, 145, 38, 163, 152, 46,
+            ],
+        )
+    }
+    /// A 17x9 4:2:0 progressive file with only its DC scan: block smoothing with DC interpolation.
+    fn dc_only_prog() -> (Frame, &'static [u8]) {
+        let mut f = frame(17, 9, ColorSpace::YCbCr, true, &[(2, 2), (1, 1), (1, 1)]);
+        f.components[0].quant = [
+            8, 6, 5, 8, 12, 20, 26, 31, 6, 6, 7, 10, 13, 29, 30, 28, 7, 7, 8, 12, 20, 29, 35, 28,
+            7, 9, 11, 15, 26, 44, 40, 31, 9, 11, 19, 28, 34, 55, 52, 39, 12, 18, 28, 32, 41, 52,
+            57, 46, 25, 32, 39, 44, 52, 61, 60, 51, 36, 46, 48, 49, 56, 50, 52, 50,
+        ];
+        f.components[0].coef_bits = [
+            0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        ];
+        set(
+            &mut f.components[0],
+            &[
+                (0, 0, 0, 29),
+                (0, 1, 0, 24),
+                (0, 2, 0, 35),
+                (1, 0, 0, 54),
+                (1, 1, 0, 45),
+                (1, 2, 0, 34),
+            ],
+        );
+        f.components[1].quant = [
+            9, 9, 12, 24, 50, 50, 50, 50, 9, 11, 13, 33, 50, 50, 50, 50, 12, 13, 28, 50, 50, 50,
+            50, 50, 24, 33, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+            50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+        ];
+        f.components[1].coef_bits = [
+            0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        ];
+        set(&mut f.components[1], &[(0, 0, 0, -66), (0, 1, 0, 47)]);
+        f.components[2].quant = [
+            9, 9, 12, 24, 50, 50, 50, 50, 9, 11, 13, 33, 50, 50, 50, 50, 12, 13, 28, 50, 50, 50,
+            50, 50, 24, 33, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+            50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+        ];
+        f.components[2].coef_bits = [
+            0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        ];
+        set(&mut f.components[2], &[(0, 0, 0, 17), (0, 1, 0, 33)]);
+        (
+            f,
+            &[
+                178, 174, 0, 178, 173, 0, 177, 173, 0, 177, 172, 0, 176, 170, 0, 175, 167, 4, 174,
+                165, 8, 173, 163, 14, 176, 160, 25, 177, 157, 36, 178, 153, 50, 182, 150, 67, 185,
+                147, 85, 187, 144, 101, 191, 141, 116, 192, 140, 129, 197, 138, 144, 179, 175, 0,
+                179, 174, 0, 178, 174, 0, 178, 173, 0, 177, 171, 0, 175, 167, 4, 174, 165, 8, 173,
+                163, 14, 177, 161, 26, 177, 157, 36, 178, 153, 50, 182, 150, 67, 185, 147, 85, 187,
+                144, 101, 191, 141, 116, 192, 140, 129, 197, 138, 144, 180, 176, 0, 180, 175, 0,
+                179, 175, 0, 179, 174, 0, 178, 172, 0, 177, 169, 6, 175, 166, 9, 175, 165, 16, 178,
+                162, 27, 178, 158, 37, 179, 154, 51, 182, 150, 67, 185, 147, 85, 187, 144, 101,
+                192, 142, 117, 192, 140, 129, 198, 139, 145, 182, 178, 0, 182, 177, 0, 181, 177, 0,
+                181, 176, 0, 180, 174, 2, 179, 171, 8, 177, 168, 11, 177, 167, 18, 179, 163, 28,
+                180, 160, 39, 181, 156, 53, 184, 152, 69, 186, 148, 86, 188, 145, 102, 192, 142,
+                117, 193, 141, 130, 199, 140, 146, 185, 181, 0, 185, 180, 0, 184, 180, 0, 184, 179,
+                1, 183, 177, 5, 181, 173, 10, 180, 171, 14, 179, 169, 20, 182, 166, 31, 183, 163,
+                42, 183, 158, 55, 186, 154, 71, 188, 150, 88, 190, 147, 104, 194, 144, 119, 194,
+                142, 131, 200, 141, 147, 188, 184, 0, 188, 183, 0, 187, 183, 0, 187, 182, 4, 186,
+                180, 8, 185, 177, 14, 184, 175, 18, 183, 173, 24, 185, 169, 34, 186, 166, 45, 186,
+                161, 58, 189, 157, 74, 191, 153, 91, 192, 149, 106, 196, 146, 121, 197, 145, 134,
+                201, 142, 148, 191, 187, 0, 191, 186, 0, 190, 186, 1, 190, 185, 7, 189, 183, 11,
+                188, 180, 17, 187, 178, 21, 186, 176, 27, 188, 172, 37, 188, 168, 47, 189, 164, 61,
+                191, 159, 76, 193, 155, 93, 194, 151, 108, 198, 148, 123, 199, 147, 136, 201, 142,
+                148, 193, 189, 0, 193, 188, 0, 192, 188, 3, 192, 187, 9, 191, 185, 13, 190, 182,
+                19, 188, 179, 22, 188, 178, 29, 190, 174, 39, 190, 170, 49, 190, 165, 62, 193, 161,
+                78, 194, 156, 94, 196, 153, 110, 199, 149, 124, 200, 148, 137, 202, 143, 149, 198,
+                194, 1, 198, 193, 3, 197, 193, 8, 197, 192, 14, 196, 190, 18, 195, 187, 24, 193,
+                184, 27, 193, 183, 34, 194, 178, 43, 195, 175, 54, 195, 170, 67, 197, 165, 82, 198,
+                160, 98, 198, 155, 112, 200, 150, 125, 200, 148, 137, 204, 145, 151,
+            ],
+        )
+    }
+    /// An 8x8 gray block with DQT entries of 255 and large coefficients: 16-bit dequantization and saturation (the AVX2 kernel, not jidctint.c).
+    fn extreme_gray() -> (Frame, &'static [u8]) {
+        let mut f = frame(8, 8, ColorSpace::Gray, false, &[(1, 1)]);
+        f.components[0].quant = [
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+        ];
+        set(
+            &mut f.components[0],
+            &[
+                (0, 0, 0, 700),
+                (0, 0, 1, -900),
+                (0, 0, 2, 300),
+                (0, 0, 8, 800),
+                (0, 0, 10, -1000),
+                (0, 0, 15, 5),
+                (0, 0, 27, 1023),
+                (0, 0, 63, -1023),
+            ],
+        );
+        (
+            f,
+            &[
+                255, 255, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0, 0,
+                255, 255, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0, 0,
+                255, 255, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0, 0,
+            ],
+        )
+    }
+
+    #[test]
+    fn frames_decode_to_pils_bytes() {
+        for (name, (f, want)) in [
+            ("tiny_420", tiny_420()),
+            ("dc_only_prog", dc_only_prog()),
+            ("extreme_gray", extreme_gray()),
+        ] {
+            let d = to_pixels(&f).unwrap();
+            assert_eq!((d.width, d.height), (f.width, f.height), "{name}");
+            assert_eq!(d.data, want, "{name}");
+        }
+        assert_eq!(to_pixels(&extreme_gray().0).unwrap().mode, Mode::L);
+    }
+
+    #[test]
+    fn smoothing_changes_the_dc_only_frame() {
+        // Without smoothing (a baseline reading of the same coefficients) the bytes differ:
+        // the test above checks smoothing, not a coincidence.
+        let (mut f, want) = dc_only_prog();
+        f.progressive = false;
+        assert_ne!(to_pixels(&f).unwrap().data, want);
+    }
+
+    #[test]
+    fn inconsistent_geometry_is_an_error() {
+        let (mut f, _) = tiny_420();
+        f.components[1].downsampled_width = 40;
+        assert!(matches!(to_pixels(&f), Err(JpegError::Malformed(_))));
+        let (mut f, _) = tiny_420();
+        f.components[0].coefs.pop();
+        assert!(matches!(to_pixels(&f), Err(JpegError::Malformed(_))));
+        let (mut f, _) = tiny_420();
+        f.components[1].h = 3;
+        f.max_h = 2;
+        assert!(to_pixels(&f).is_err());
+        let mut f = frame(0, 0, ColorSpace::Gray, false, &[(1, 1)]);
+        f.components.clear();
+        assert!(to_pixels(&f).is_err());
+    }
 }
