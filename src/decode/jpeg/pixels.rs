@@ -99,24 +99,34 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
                 for (i, out) in chunk.chunks_exact_mut(width * bpp).enumerate() {
                     let y = y0 + i;
                     for ((m, p), r) in methods.iter().zip(&planes).zip(rows.iter_mut()) {
-                        upsample::row(*m, p, y, r, scratch);
+                        if *m != Method::Full {
+                            upsample::row(*m, p, y, r, scratch);
+                        }
                     }
+                    // Full-size components are read in place.
+                    let mut src: [&[u8]; 4] = [&[]; 4];
+                    for (((s, m), p), r) in
+                        src.iter_mut().zip(&methods).zip(&planes).zip(rows.iter())
+                    {
+                        *s = if *m == Method::Full {
+                            p.full_row(y, width)
+                        } else {
+                            r
+                        };
+                    }
+                    let rows = &src;
                     match space {
-                        ColorSpace::YCbCr => {
-                            simd::ycc_to_rgb_row(&rows[0], &rows[1], &rows[2], out)
-                        }
+                        ColorSpace::YCbCr => simd::ycc_to_rgb_row(rows[0], rows[1], rows[2], out),
                         ColorSpace::Ycck => color::ycck_to_cmyk_inverted_row(
-                            &rows[0], &rows[1], &rows[2], &rows[3], out,
+                            rows[0], rows[1], rows[2], rows[3], out,
                         ),
-                        ColorSpace::Gray => out.copy_from_slice(&rows[0]),
+                        ColorSpace::Gray => out.copy_from_slice(rows[0]),
                         ColorSpace::Rgb => {
-                            color::interleave_row(&[&rows[0], &rows[1], &rows[2]], out, false)
+                            color::interleave_row(&[rows[0], rows[1], rows[2]], out, false)
                         }
-                        ColorSpace::Cmyk => color::interleave_row(
-                            &[&rows[0], &rows[1], &rows[2], &rows[3]],
-                            out,
-                            true,
-                        ),
+                        ColorSpace::Cmyk => {
+                            color::interleave_row(&[rows[0], rows[1], rows[2], rows[3]], out, true)
+                        }
                     }
                 }
             },

@@ -92,10 +92,16 @@ pub(super) struct Plane<'a> {
     pub row0: usize,
 }
 
-impl Plane<'_> {
+impl<'a> Plane<'a> {
+    /// Row `y`'s first `w` samples, for a full-size component.
+    #[inline]
+    pub(super) fn full_row(&self, y: usize, w: usize) -> &'a [u8] {
+        &self.row(y as isize)[..w]
+    }
+
     /// Row `y` (clamped to the real rows, as libjpeg's context rows replicate the edges).
     #[inline]
-    fn row(&self, y: isize) -> &[u8] {
+    fn row(&self, y: isize) -> &'a [u8] {
         let y = (y.clamp(0, self.height as isize - 1) as usize).saturating_sub(self.row0);
         let start = (y * self.stride).min(self.data.len());
         &self.data[start..(start + self.stride).min(self.data.len())]
