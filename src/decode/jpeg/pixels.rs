@@ -15,8 +15,30 @@ use super::{color, simd, ColorSpace, Component, Decoded, Frame, JpegError, JpegR
 /// to the colour conversion; the fancy filters' context block rows are transformed twice).
 const BAND_IMCU_ROWS: usize = 8;
 
+/// What libjpeg remembers of an unfinished progressive decode (a scan cut short by a marker
+/// or the end of data, `insufficient_data`), which decides block smoothing below the last
+/// good iMCU row (`jdcoefct.c`, `decompress_smooth_data`).
+#[derive(Debug, Clone)]
+pub(super) struct Progress {
+    /// Each component's `coef_bits` before the last scan that included it (the second half
+    /// of libjpeg's `coef_bits` array, set in `jdphuff.c` `start_pass_phuff_decoder`; zero
+    /// when that scan was the file's first). Entries 1..=9 are used.
+    pub prev_coef_bits: Vec<[i32; 64]>,
+    /// libjpeg's `last_good_iMCU_row`: the last iMCU row an MCU was decoded in while the
+    /// data were sufficient, over all scans (`jdcoefct.c`, `consume_data`).
+    pub last_good_imcu_row: usize,
+    /// libjpeg's `input_scan_number` at the end: the scans started.
+    pub scans: usize,
+}
+
 /// The image PIL holds after `load()` for a frame whose scans have all been decoded.
 pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
+    to_pixels_with(frame, None)
+}
+
+/// [`to_pixels`], with what libjpeg remembers of the scans when the data ran short (block
+/// smoothing then uses the previous `coef_bits` below the last good iMCU row).
+pub(super) fn to_pixels_with(frame: &Frame, progress: Option<&Progress>) -> JpegResult<Decoded> {
     let (mode, ncomp) = match frame.color_space {
         ColorSpace::Gray => (Mode::L, 1),
         ColorSpace::YCbCr | ColorSpace::Rgb => (Mode::Rgb, 3),
@@ -79,7 +101,9 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
                 let y0 = band * band_out_rows;
                 let y1 = y0 + chunk.len() / (width * bpp);
                 let mut planes = Vec::with_capacity(ncomp);
-                for ((c, m), buf) in comps.iter().zip(&methods).zip(bufs.iter_mut()) {
+                for (ci, ((c, m), buf)) in
+                    comps.iter().zip(&methods).zip(bufs.iter_mut()).enumerate()
+                {
                     let vf = m.v_factor();
                     let ctx = usize::from(matches!(m, Method::H1V2Fancy | Method::H2V2Fancy));
                     let s0 = (y0 / vf).saturating_sub(ctx);
@@ -87,7 +111,11 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
                     let (b0, b1) = (s0 / 8, s1.div_ceil(8));
                     let stride = c.width_in_blocks * 8;
                     buf.resize(stride * 8 * (b1 - b0), 0);
-                    idct_rows(c, b0, b1, smooth, total_imcu_rows, buf);
+                    let sm = smooth.then(|| Smoothing {
+                        total_imcu_rows,
+                        prev: progress.map(|p| (p, ci)),
+                    });
+                    idct_rows(c, b0, b1, sm.as_ref(), buf);
                     planes.push(Plane {
                         data: &buf[..],
                         stride,
@@ -166,26 +194,40 @@ fn check_component(f: &Frame, c: &Component) -> JpegResult<()> {
     }
 }
 
-/// The IDCT of block rows `b0..b1` of a component (its real blocks, `width_in_blocks` a
-/// row), smoothed first when `smooth`, into `out`: `8 * width_in_blocks` samples a row.
-fn idct_rows(
-    c: &Component,
-    b0: usize,
-    b1: usize,
-    smooth: bool,
+/// How a component's blocks are smoothed.
+struct Smoothing<'a> {
+    /// libjpeg's `total_iMCU_rows`.
     total_imcu_rows: usize,
-    out: &mut [u8],
-) {
+    /// The unfinished-decode state and the component's index, if the data ran short.
+    prev: Option<(&'a Progress, usize)>,
+}
+
+/// The IDCT of block rows `b0..b1` of a component (its real blocks, `width_in_blocks` a
+/// row), smoothed first when `smooth` is given, into `out`: `8 * width_in_blocks` samples a
+/// row.
+fn idct_rows(c: &Component, b0: usize, b1: usize, smooth: Option<&Smoothing<'_>>, out: &mut [u8]) {
     let stride = c.width_in_blocks * 8;
     let mult = idct::mult_table(&c.quant);
     for (band, by) in out.chunks_exact_mut(stride * 8).zip(b0..b1) {
         let row = &c.coefs[by * c.blocks_w..by * c.blocks_w + c.width_in_blocks];
-        if smooth {
-            let rows = smoothing_rows(c, by, total_imcu_rows);
+        if let Some(sm) = smooth {
+            let rows = smoothing_rows(c, by, sm.total_imcu_rows);
+            // Below the last good iMCU row libjpeg latches the previous scan's `coef_bits`
+            // (or -1 everywhere when only one scan started).
+            let bits = match sm.prev {
+                Some((p, ci)) if by / c.v > p.last_good_imcu_row => {
+                    if p.scans > 1 {
+                        p.prev_coef_bits.get(ci).copied().unwrap_or([-1; 64])
+                    } else {
+                        [-1; 64]
+                    }
+                }
+                _ => c.coef_bits,
+            };
             for (bx, blk) in row.iter().enumerate() {
                 let mut ws = *blk;
                 let dc = dc_window(c, &rows, bx);
-                idct::smooth_block(&mut ws, &dc, &c.quant, &c.coef_bits);
+                idct::smooth_block(&mut ws, &dc, &c.quant, &bits);
                 simd::idct_block(&ws, &mult, &mut band[bx * 8..], stride);
             }
         } else {
