@@ -22,8 +22,9 @@ Expected values, per file:
   component its `width_in_blocks`, `height_in_blocks` and the SHA-256 of the coefficients as
   little-endian i16, block rows top to bottom, blocks left to right, each block in natural
   (row-major) order;
-- `pil`: what `Image.open(f).load()` gives with Pillow 13: `mode`, `width`, `height` and the
-  SHA-256 of `im.tobytes()`, or `error` with PIL's message;
+- `pil`: what `Image.open(f).load()` gives with Pillow 13: `mode`, `width`, `height`, the
+  SHA-256 of `im.tobytes()` and (`rgb_sha256`) of `im.convert("RGB").tobytes()`, or `error`
+  with PIL's message;
 - `warnings`: what `djpeg` says about the file (libjpeg's warnings: PIL ignores them);
 - `what`: how the file was made.
 A file with `"components": null` is one libjpeg (under PIL) refuses: the decoder must return an
@@ -174,6 +175,7 @@ def pil_result(path):
             "width": im.width,
             "height": im.height,
             "sha256": hashlib.sha256(im.tobytes()).hexdigest(),
+            "rgb_sha256": hashlib.sha256(im.convert("RGB").tobytes()).hexdigest(),
         }
     except Exception as e:  # noqa: BLE001 - recorded as the expected outcome
         return {"error": str(e)}
