@@ -27,6 +27,15 @@ Expected values, per file:
   with PIL's message;
 - `warnings`: what `djpeg` says about the file (libjpeg's warnings: PIL ignores them);
 - `what`: how the file was made.
+PIL and large arithmetic files: Pillow feeds libjpeg from a suspending source in blocks of
+`ImageFile.decodermaxblock` (65536) bytes, and `jdarith.c` cannot suspend, so Pillow 13 raises
+"broken data stream when reading image file" on any arithmetic file whose entropy-coded data
+runs past the first block (measured: cjpeg -arithmetic 451x300 4:4:4 at quality 95, 57 KB,
+loads; at quality 97, 77 KB, fails; jpegtran -arithmetic -progressive of china.jpg, 175 KB,
+fails). With `im.decodermaxblock = 1 << 30` the same files load, and the crate's decoder gives
+those bytes exactly (checked on all three); it does not reproduce the failure. The fixtures stay
+under 64 KiB each.
+
 A file with `"components": null` is one libjpeg (under PIL) refuses: the decoder must return an
 error (`truncated.jpg`: data that ends inside a scan).
 """
