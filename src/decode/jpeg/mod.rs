@@ -173,3 +173,20 @@ pub(crate) enum JpegError {
 
 /// The result of a JPEG decoding step.
 pub(crate) type JpegResult<T> = std::result::Result<T, JpegError>;
+
+/// Reads the markers up to the first scan: size, mode and EXIF, nothing decoded or allocated.
+/// (Placeholder until the markers stage lands on main.)
+pub(crate) fn read_header(bytes: &[u8]) -> JpegResult<Frame> {
+    let _ = bytes;
+    Err(JpegError::Unsupported(
+        "the JPEG decoder's stages are not wired yet".into(),
+    ))
+}
+
+/// The whole decoder: coefficients, then pixels. (Placeholder until the stages land on main.)
+pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> JpegResult<Decoded> {
+    let _ = (bytes, max_pixels);
+    Err(JpegError::Unsupported(
+        "the JPEG decoder's stages are not wired yet".into(),
+    ))
+}
