@@ -285,7 +285,8 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
 /// that an image over [`DecodeOptions::max_pixels`] is refused before any buffer exists; the
 /// decoder checks the limit again itself.
 fn decode_jpeg(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<RgbImage> {
-    let header = jpeg_guarded(|| jpeg::read_header(bytes)).map_err(|e| jpeg_err(origin, e, options))?;
+    let header =
+        jpeg_guarded(|| jpeg::read_header(bytes)).map_err(|e| jpeg_err(origin, e, options))?;
     let (width, height) = (header.width, header.height);
     if width == 0 || height == 0 {
         return Err(Error::UnsupportedImage {

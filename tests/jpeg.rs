@@ -121,8 +121,8 @@ fn exif_orientation_is_pils_exif_transpose() {
             continue;
         };
         let path = dir().join(str_of(&case, "file"));
-        let img = load_image_with(&path, &DecodeOptions::default().with_exif_orientation(true))
-            .unwrap();
+        let img =
+            load_image_with(&path, &DecodeOptions::default().with_exif_orientation(true)).unwrap();
         assert_eq!(
             (u64::from(img.width()), u64::from(img.height())),
             (
@@ -183,7 +183,10 @@ fn fastai_input_and_probabilities_from_jpeg_files() {
         assert_eq!(pred.label, str_of(e, "label"), "{file}: top-1");
         worst = worst.max(d);
     }
-    println!("max probability difference over {} files: {worst:.1e}", entries.len());
+    println!(
+        "max probability difference over {} files: {worst:.1e}",
+        entries.len()
+    );
     assert!(entries.len() >= 10);
 }
 
