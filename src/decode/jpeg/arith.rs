@@ -1175,180 +1175,6 @@ mod tests {
         assert!(decode_scan(&mut frame, &s, &Default::default(), &[0; 8]).is_err());
     }
 
-    /// The big-endian u16 at `p`, as a `JpegError` when the data ends.
-    fn be16(b: &[u8], p: usize) -> JpegResult<usize> {
-        match (b.get(p), b.get(p + 1)) {
-            (Some(&hi), Some(&lo)) => Ok(usize::from(hi) << 8 | usize::from(lo)),
-            _ => Err(JpegError::Malformed(format!("truncated at {p}"))),
-        }
-    }
-
-    /// A minimal marker reader for the fixtures (SOF9/SOF10, DAC, DRI, DQT, JFIF, Adobe,
-    /// SOS; the rest skipped), markers found as libjpeg's `next_marker` finds them, quant
-    /// tables latched at a component's first scan, the colour space as `jdapimin.c` picks it
-    /// for these files. Enough to drive [`decode_scan`] over whole files, independently of
-    /// `markers.rs`.
-    fn decode_fixture(b: &[u8]) -> JpegResult<Frame> {
-        let bad = |m: &str| JpegError::Malformed(m.to_string());
-        let mut pos = 2;
-        let mut frame: Option<Frame> = None;
-        let mut cond = ArithConditioning::default();
-        let mut dri = 0;
-        let mut qt: [Option<[u16; 64]>; 4] = [None; 4];
-        let mut latched = [false; 4];
-        let (mut jfif, mut adobe) = (false, None);
-        loop {
-            while b.get(pos).is_some_and(|&x| x != 0xFF) {
-                pos += 1;
-            }
-            while b.get(pos) == Some(&0xFF) {
-                pos += 1;
-            }
-            let code = *b.get(pos).ok_or_else(|| bad("no EOI"))?;
-            pos += 1;
-            match code {
-                0x00 | 0x01 | 0xD0..=0xD8 => continue,
-                0xD9 => break,
-                _ => {}
-            }
-            let len = be16(b, pos)?;
-            let seg = b.get(pos + 2..pos + len).ok_or_else(|| bad("segment"))?;
-            pos += len;
-            match code {
-                0xC9 | 0xCA => {
-                    let height = be16(seg, 1)?;
-                    let width = be16(seg, 3)?;
-                    let raw: Vec<(u8, usize, usize, usize)> = seg[6..]
-                        .chunks(3)
-                        .take(usize::from(seg[5]))
-                        .map(|c| {
-                            (
-                                c[0],
-                                usize::from(c[1] >> 4),
-                                usize::from(c[1] & 15),
-                                usize::from(c[2]),
-                            )
-                        })
-                        .collect();
-                    let max_h = raw.iter().map(|c| c.1).max().unwrap_or(1);
-                    let max_v = raw.iter().map(|c| c.2).max().unwrap_or(1);
-                    let components = raw
-                        .iter()
-                        .map(|&(id, h, v, tq)| {
-                            let wb = (width * h).div_ceil(8 * max_h);
-                            let hb = (height * v).div_ceil(8 * max_v);
-                            let (bw, bh) = (wb.div_ceil(h) * h, hb.div_ceil(v) * v);
-                            Component {
-                                id,
-                                h,
-                                v,
-                                tq,
-                                quant: [1; 64],
-                                width_in_blocks: wb,
-                                height_in_blocks: hb,
-                                downsampled_width: (width * h).div_ceil(max_h),
-                                downsampled_height: (height * v).div_ceil(max_v),
-                                blocks_w: bw,
-                                blocks_h: bh,
-                                coefs: vec![[0; 64]; bw * bh],
-                                coef_bits: [-1; 64],
-                            }
-                        })
-                        .collect();
-                    frame = Some(Frame {
-                        width,
-                        height,
-                        precision: seg[0],
-                        progressive: code == 0xCA,
-                        arithmetic: true,
-                        components,
-                        max_h,
-                        max_v,
-                        color_space: ColorSpace::YCbCr,
-                        adobe: false,
-                        exif: None,
-                    });
-                }
-                0xCC => {
-                    for e in seg.chunks(2) {
-                        let (i, v) = (usize::from(e[0]), e[1]);
-                        if i >= 16 {
-                            cond.ac_k[i - 16] = v;
-                        } else {
-                            cond.dc_l[i] = v & 15;
-                            cond.dc_u[i] = v >> 4;
-                        }
-                    }
-                }
-                0xDD => dri = be16(seg, 0)?,
-                0xDB => {
-                    let mut p = 0;
-                    while p < seg.len() {
-                        let (wide, tq) = (seg[p] >> 4 != 0, usize::from(seg[p] & 15));
-                        p += 1;
-                        let mut t = [0u16; 64];
-                        for &k in &NATURAL_ORDER {
-                            t[k] = if wide {
-                                be16(seg, p)? as u16
-                            } else {
-                                u16::from(seg[p])
-                            };
-                            p += if wide { 2 } else { 1 };
-                        }
-                        qt[tq] = Some(t);
-                    }
-                }
-                0xE0 => jfif |= seg.starts_with(b"JFIF\0"),
-                0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => adobe = Some(seg[11]),
-                0xDA => {
-                    let f = frame.as_mut().ok_or_else(|| bad("SOS before SOF"))?;
-                    f.adobe = adobe.is_some();
-                    let ids: Vec<u8> = f.components.iter().map(|c| c.id).collect();
-                    f.color_space = match (f.components.len(), adobe) {
-                        (1, _) => ColorSpace::Gray,
-                        (3, _) if jfif => ColorSpace::YCbCr,
-                        (3, Some(0)) => ColorSpace::Rgb,
-                        (3, None) if ids == b"RGB" => ColorSpace::Rgb,
-                        (3, _) => ColorSpace::YCbCr,
-                        (_, Some(2)) => ColorSpace::Ycck,
-                        _ => ColorSpace::Cmyk,
-                    };
-                    let n = usize::from(seg[0]);
-                    let mut s = scan(
-                        seg[2 * n + 1],
-                        seg[2 * n + 2],
-                        seg[2 * n + 3] >> 4,
-                        seg[2 * n + 3] & 15,
-                        dri,
-                    );
-                    s.comps.clear();
-                    s.dc_table.clear();
-                    s.ac_table.clear();
-                    for i in 0..n {
-                        let id = seg[1 + 2 * i];
-                        let t = seg[2 + 2 * i];
-                        let ci = f
-                            .components
-                            .iter()
-                            .position(|c| c.id == id)
-                            .ok_or_else(|| bad("id"))?;
-                        if !latched[ci] {
-                            latched[ci] = true;
-                            let tq = f.components[ci].tq;
-                            f.components[ci].quant = qt[tq].ok_or_else(|| bad("no DQT"))?;
-                        }
-                        s.comps.push(ci);
-                        s.dc_table.push(usize::from(t >> 4));
-                        s.ac_table.push(usize::from(t & 15));
-                    }
-                    pos += decode_scan(f, &s, &cond, &b[pos..])?;
-                }
-                _ => {}
-            }
-        }
-        frame.ok_or_else(|| bad("no SOF"))
-    }
-
     /// SHA-256 of a component's coefficients as the fixture script hashes them.
     fn coef_sha256(c: &Component) -> String {
         use sha2::{Digest, Sha256};
@@ -1373,7 +1199,7 @@ mod tests {
         assert!(files.len() >= 30);
         for (name, want) in files {
             let bytes = std::fs::read(dir.join(name)).unwrap();
-            let got = decode_fixture(&bytes);
+            let got = super::super::decode_coefficients(&bytes, u64::MAX);
             match want["components"].as_array() {
                 None => assert!(got.is_err(), "{name}: libjpeg (under PIL) refuses it"),
                 Some(comps) => {
@@ -1413,8 +1239,9 @@ mod tests {
             if pil.get("error").is_some() {
                 continue;
             }
-            let frame = decode_fixture(&std::fs::read(dir.join(name)).unwrap()).unwrap();
-            let img = super::super::pixels::to_pixels(&frame).unwrap();
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let img =
+                super::super::decode(&bytes, u64::MAX).unwrap_or_else(|e| panic!("{name}: {e:?}"));
             let mode = match img.mode {
                 super::super::Mode::L => "L",
                 super::super::Mode::Rgb => "RGB",
