@@ -101,7 +101,9 @@ pub(crate) struct Frame {
     pub color_space: ColorSpace,
     /// Whether an Adobe APP14 marker was present (PIL then reads CMYK as inverted, "CMYK;I").
     pub adobe: bool,
-    /// The EXIF payload of the first APP1 "Exif\0\0" segment, for the orientation tag.
+    /// The EXIF payload (the TIFF data after "Exif\0\0") of the APP1 "Exif" segments before
+    /// the first SOS, concatenated as PIL concatenates them in `info["exif"]` (usually one
+    /// segment), for the orientation tag.
     pub exif: Option<Vec<u8>>,
 }
 
