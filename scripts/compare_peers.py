@@ -4,6 +4,7 @@ weights (the shipped fixture) and the same images, and prints medians and ratios
 
     ~/venv-ref/bin/python scripts/compare_peers.py [--iters N] [--rounds N] [--json FILE]
         [--cnn] [--forward-only] [IMAGE]
+    ~/venv-ref/bin/python scripts/compare_peers.py --decode [--iters N] [--rounds N]
 
 `--iters` is the iterations of the batch-1 figures per runtime per round (fewer at batch 8 and 32).
 
@@ -14,6 +15,8 @@ What it measures (every runtime limited to the machine's cores, 2 here):
   pipeline (PIL + torch, the same arithmetic as fastai), fastai's `learn.predict`;
 - item + batch transforms alone for one decoded image (decode excluded): the crate, PIL + torch;
 - decoding the image file alone: the crate, PIL (`Image.open(path).convert('RGB')`);
+  `--decode` times JPEG decoding only, and nothing else: a 512x600 and a 4032x3024 JPEG,
+  the crate on one thread and on its default pool beside PIL (see `decode_only`);
 - a directory of 200 images (the fixtures, cycled, in a temporary folder), 32 per forward pass:
   the crate's `predict_paths`, ONNX Runtime with PIL + torch preprocessing;
 - with `--cnn`, also the forward pass at batch 1 and 32 of full-size `resnet34` (torchvision)
@@ -201,6 +204,67 @@ def cnn_learner(arch):
     return learn.model, path
 
 
+def decode_only(args):
+    """`--decode`: JPEG decoding alone, file bytes in memory to RGB, the crate
+    (`load_image_from_memory`, through `examples/decode_digest.rs --time`, with
+    `RAYON_NUM_THREADS=1` and with the default pool) beside PIL
+    (`Image.open(io.BytesIO(b)).convert('RGB')`, libjpeg-turbo with SIMD, one thread), on
+    `grace_hopper.jpg` (512x600, 4:2:0 baseline, as shipped by matplotlib) and a 4032x3024
+    JPEG made from it (PIL bicubic upscale, quality 90, 4:2:0: a phone photo's size).
+    Interleaved rounds as for the other figures; medians of all iterations."""
+    import io
+
+    from PIL import Image
+
+    tmp = Path(tempfile.mkdtemp(prefix="fastai-infer-decode-"))
+    small = IMAGES / "grace_hopper.jpg"
+    large = tmp / "grace_hopper_4032x3024.jpg"
+    Image.open(small).convert("RGB").resize((4032, 3024), Image.BICUBIC).save(
+        large, quality=90, subsampling="4:2:0")
+    subprocess.run(["cargo", "build", "-q", "--release", "--example", "decode_digest"],
+                   cwd=ROOT, check=True)
+    exe = ROOT / "target" / "release" / "examples" / "decode_digest"
+    if os.environ.get("CARGO_TARGET_DIR"):
+        exe = Path(os.environ["CARGO_TARGET_DIR"]) / "release" / "examples" / "decode_digest"
+
+    def crate_ms(path, iters, one_thread):
+        env = dict(os.environ)
+        if one_thread:
+            env["RAYON_NUM_THREADS"] = "1"
+        else:
+            env.pop("RAYON_NUM_THREADS", None)
+        out = subprocess.run([str(exe), "--time", str(iters), str(path)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out.splitlines()[0])["times_ms"]
+
+    results = {}
+    for path, iters in ((small, args.iters * 5), (large, max(2, args.iters // 2))):
+        data = path.read_bytes()
+        im = Image.open(io.BytesIO(data))
+        key = f"{im.size[0]}x{im.size[1]}"
+        t = {"crate_1thread": [], "crate_default": [], "pil": []}
+        for r in range(args.rounds):
+            order = ["crate_1thread", "crate_default", "pil"]
+            if r % 2:
+                order.reverse()
+            for who in order:
+                if who == "pil":
+                    t["pil"] += times_ms(lambda: Image.open(io.BytesIO(data)).convert("RGB"),
+                                         iters)
+                else:
+                    t[who] += crate_ms(path, iters, who == "crate_1thread")
+                time.sleep(args.pause)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        results[key] = {"median_ms": med, "times_ms": t}
+        print(f"decode {key} JPEG ({path.name}): crate 1 thread {med['crate_1thread']:.2f} ms, "
+              f"crate default ({os.cpu_count()} cores) {med['crate_default']:.2f} ms, "
+              f"PIL {med['pil']:.2f} ms; crate/PIL {med['crate_1thread'] / med['pil']:.2f}x "
+              f"(1 thread), {med['crate_default'] / med['pil']:.2f}x (default)")
+    shutil.rmtree(tmp)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"decode": results}, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=10,
@@ -214,8 +278,14 @@ def main():
     ap.add_argument("--forward-only", action="store_true",
                     help="time the forward passes only (no end to end, transforms, directory, "
                          "cold start)")
+    ap.add_argument("--decode", action="store_true",
+                    help="only JPEG decoding: the crate (1 thread and default) vs PIL on a "
+                         "512x600 and a 4032x3024 JPEG (see decode_only)")
     ap.add_argument("image", nargs="?", default=str(IMAGES / "grace_hopper.jpg"))
     args = ap.parse_args()
+    if args.decode:
+        decode_only(args)
+        return
     threads = os.cpu_count() or 2
     dir200 = make_dir200()
 

@@ -26,6 +26,9 @@ Sources are photos that ship inside PyPI packages (nothing is downloaded): sciki
   frame header; PIL decodes some of them (libjpeg's warnings) and refuses the others, and
   the manifest records which.
 
+The `corpus` step also writes `fuzz/seeds/decode_transforms/jpeg_*.jpg` (a few small files,
+each after the fuzz target's 3 parameter bytes).
+
 For each file `manifest.json` records what `Image.open(f)` reports (mode, size) and the
 SHA-256 of `im.tobytes()` after `load()` (PIL's native mode: L, RGB or CMYK), of
 `im.convert('RGB').tobytes()` (what fastai's `PILImage.create` gives) and, where the file
@@ -439,7 +442,7 @@ def pil_answer(path):
         return {"error": type(e).__name__, "message": str(e).replace(str(path), path.name)}
 
 
-def write_manifest(cases, fastai=None):
+def write_manifest(cases, fastai=None, old_versions=None):
     for case in cases:
         p = OUT / case["file"]
         case["bytes"] = p.stat().st_size
@@ -448,7 +451,7 @@ def write_manifest(cases, fastai=None):
     assert total < BUDGET, f"corpus is {total} bytes, over the {BUDGET} budget"
     MANIFEST.write_text(json.dumps({
         "generated_by": "scripts/make_fixtures_jpeg.py",
-        "versions": versions(),
+        "versions": {**(old_versions or {}), **versions()},
         "cases": cases,
         "fastai": fastai or [],
     }, indent=1) + "\n")
@@ -483,13 +486,33 @@ def fastai_step():
     return out
 
 
+# Small corpus files that seed the `decode_transforms` fuzz target, one a decoder path.
+FUZZ_SEEDS = [
+    "src_base.jpg", "src_prog.jpg", "cj_arith_420.jpg", "cj_arith_444_prog.jpg",
+    "cj_rst_1b.jpg", "cj_scans_sa.jpg", "cj_411_q30.jpg", "cj_mixed_3x2_prog.jpg",
+    "ycck_q30.jpg", "pil_gray_prog.jpg", "size_7x9.jpg", "qt_16bit.jpg",
+]
+
+
+def write_fuzz_seeds():
+    """fuzz/seeds/decode_transforms/jpeg_*.jpg: each seed is 3 parameter bytes (the target's
+    transform sizes) then the JPEG."""
+    seeds = ROOT / "fuzz" / "seeds" / "decode_transforms"
+    for f in seeds.glob("jpeg_*.jpg"):
+        f.unlink()
+    for k, name in enumerate(FUZZ_SEEDS):
+        params = bytes([(37 * k + 64) % 256, (23 * k + 32) % 256, k % 2])
+        (seeds / f"jpeg_{name}").write_bytes(params + (OUT / name).read_bytes())
+
+
 def main():
     step = sys.argv[1] if len(sys.argv) > 1 else "all"
     if step in ("corpus", "all"):
         # `corpus` alone keeps the fastai answers already recorded.
-        old = json.loads(MANIFEST.read_text())["fastai"] if step == "corpus" and \
-            MANIFEST.exists() else []
-        write_manifest(make_corpus(), old)
+        old = json.loads(MANIFEST.read_text()) if step == "corpus" and MANIFEST.exists() \
+            else {}
+        write_manifest(make_corpus(), old.get("fastai"), old.get("versions"))
+        write_fuzz_seeds()
     if step in ("fastai", "all"):
         m = json.loads(MANIFEST.read_text())
         m["fastai"] = fastai_step()

@@ -199,6 +199,9 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             ),
         )));
     }
+    if reader_format == Some(image::ImageFormat::Jpeg) {
+        return decode_jpeg(bytes, origin, options);
+    }
     // PNG image data whose chunk CRCs were wrong, to be checked as PIL's zlib checks it.
     let mut unchecked_image_data = None;
     if reader_format == Some(image::ImageFormat::Png) {
@@ -273,6 +276,120 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
     };
     img.apply_orientation(orientation);
     to_rgb(img, origin)
+}
+
+/// A JPEG decoded by the crate's own decoder ([`jpeg`], libjpeg-turbo's arithmetic as PIL
+/// runs it) and converted to RGB as PIL's `convert('RGB')` converts its mode.
+///
+/// The frame header is read first ([`jpeg::read_header`]: size, EXIF, nothing allocated), so
+/// that an image over [`DecodeOptions::max_pixels`] is refused before any buffer exists; the
+/// decoder checks the limit again itself.
+fn decode_jpeg(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<RgbImage> {
+    let header =
+        jpeg_guarded(|| jpeg::read_header(bytes)).map_err(|e| jpeg_err(origin, e, options))?;
+    let (width, height) = (header.width, header.height);
+    if width == 0 || height == 0 {
+        return Err(Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason: format!("image has no pixels ({width}x{height})"),
+        });
+    }
+    if (width as u64).saturating_mul(height as u64) > options.max_pixels {
+        return Err(Error::ImageTooLarge {
+            origin: origin.to_string(),
+            width: u32::try_from(width).unwrap_or(u32::MAX),
+            height: u32::try_from(height).unwrap_or(u32::MAX),
+            max_pixels: options.max_pixels,
+        });
+    }
+    let decoded = jpeg_guarded(|| jpeg::decode(bytes, options.max_pixels))
+        .map_err(|e| jpeg_err(origin, e, options))?;
+    let (w, h) = (decoded.width as u32, decoded.height as u32);
+    let rgb = match decoded.mode {
+        jpeg::Mode::Rgb => RgbImage::from_raw(w, h, decoded.data),
+        jpeg::Mode::L => Some(from_samples(w, h, &decoded.data, 1, |s| [s[0]; 3])),
+        jpeg::Mode::Cmyk => Some(from_samples(w, h, &decoded.data, 4, cmyk_to_rgb)),
+    };
+    let rgb = rgb
+        .filter(|img| img.dimensions() == (w, h) && w > 0 && h > 0)
+        .ok_or_else(|| Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason: format!("pixel buffer does not match its {w}x{h} size"),
+        })?;
+    let orientation = match (&header.exif, options.apply_exif_orientation) {
+        (Some(exif), true) => {
+            // The TIFF structure after the "Exif\0\0" identifier; a broken block is ignored
+            // (as PIL's `exif_transpose` ignores it), never fatal.
+            let tiff = exif.strip_prefix(b"Exif\0\0").unwrap_or(exif);
+            image::metadata::Orientation::from_exif_chunk(tiff)
+                .unwrap_or(image::metadata::Orientation::NoTransforms)
+        }
+        _ => image::metadata::Orientation::NoTransforms,
+    };
+    if orientation == image::metadata::Orientation::NoTransforms {
+        return Ok(rgb);
+    }
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    to_rgb(img, origin)
+}
+
+/// Runs a step of the JPEG decoder, turning a panic (a bug: the decoder is written to return
+/// a [`jpeg::JpegError`] for every input) into a [`jpeg::JpegError::Malformed`], so that one
+/// bad file cannot take down a process serving others.
+fn jpeg_guarded<T>(f: impl FnOnce() -> jpeg::JpegResult<T>) -> jpeg::JpegResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(jpeg::JpegError::Malformed(format!(
+            "the JPEG decoder panicked: {what}"
+        )))
+    })
+}
+
+/// The crate's typed error for a [`jpeg::JpegError`], naming the file: malformed data is an
+/// [`Error::ImageDecode`] (its source a decoding error with the decoder's what and where), a
+/// JPEG the decoder does not handle an [`Error::UnsupportedImage`], a frame over the pixel
+/// limit an [`Error::ImageTooLarge`].
+fn jpeg_err(origin: &str, e: jpeg::JpegError, options: &DecodeOptions) -> Error {
+    match e {
+        jpeg::JpegError::Malformed(what) => Error::ImageDecode {
+            origin: origin.to_string(),
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                image::error::ImageFormatHint::Exact(image::ImageFormat::Jpeg),
+                what,
+            )),
+        },
+        jpeg::JpegError::Unsupported(reason) => Error::UnsupportedImage {
+            origin: origin.to_string(),
+            reason,
+        },
+        jpeg::JpegError::TooLarge { width, height } => Error::ImageTooLarge {
+            origin: origin.to_string(),
+            width,
+            height,
+            max_pixels: options.max_pixels,
+        },
+    }
+}
+
+/// PIL's `convert('RGB')` of one CMYK pixel (`cmyk2rgb` in `Convert.c`):
+/// `255 - k - round((255 - k) * c / 255)` for each of C, M, Y, with PIL's integer rounding
+/// (`MULDIV255`).
+fn cmyk_to_rgb(p: &[u8]) -> [u8; 3] {
+    let muldiv255 = |a: u8, b: u8| {
+        let t = u32::from(a) * u32::from(b) + 128;
+        (((t >> 8) + t) >> 8) as u8
+    };
+    let nk = 255 - p[3];
+    [
+        nk.saturating_sub(muldiv255(p[0], nk)),
+        nk.saturating_sub(muldiv255(p[1], nk)),
+        nk.saturating_sub(muldiv255(p[2], nk)),
+    ]
 }
 
 /// Runs a decoder step, turning a panic inside the decoder into a decoding error: a bug in a
@@ -519,18 +636,7 @@ fn decode_cmyk_tiff(bytes: &[u8], width: u32, height: u32, origin: &str) -> Resu
             ),
         });
     }
-    let muldiv255 = |a: u8, b: u8| {
-        let t = u32::from(a) * u32::from(b) + 128;
-        (((t >> 8) + t) >> 8) as u8
-    };
-    Ok(from_samples(width, height, &samples, 4, |p| {
-        let nk = 255 - p[3];
-        [
-            nk.saturating_sub(muldiv255(p[0], nk)),
-            nk.saturating_sub(muldiv255(p[1], nk)),
-            nk.saturating_sub(muldiv255(p[2], nk)),
-        ]
-    }))
+    Ok(from_samples(width, height, &samples, 4, cmyk_to_rgb))
 }
 
 /// Converts a decoded image to 8-bit RGB the way PIL's `convert('RGB')` does.
