@@ -969,6 +969,7 @@ mod tests {
             color_space: ColorSpace::Gray,
             adobe: false,
             exif: None,
+            progress: Default::default(),
         }
     }
 
@@ -1267,6 +1268,7 @@ mod tests {
                         color_space: ColorSpace::YCbCr,
                         adobe: false,
                         exif: None,
+                        progress: Default::default(),
                     });
                 }
                 0xCC => {
