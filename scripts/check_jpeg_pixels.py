@@ -16,9 +16,10 @@ standalone crate that includes the module by path (it compiles in seconds):
 `pix DUMP OUT [REPS]` also times the pixel stage (REPS runs, mean ms on stderr).
 
 Usage: ~/venv-ref/bin/python scripts/check_jpeg_pixels.py [--bin PATH] [--keep DIR] [FILES...]
-       ~/venv-ref/bin/python scripts/check_jpeg_pixels.py --whole FILES...
+       ~/venv-ref/bin/python scripts/check_jpeg_pixels.py --whole [FILES...]
 (--whole: the whole decoder, `decode`, on each file, via the harness's `dec` binary; files
-PIL refuses must be refused too)
+PIL refuses must be refused too; with no FILES, the standard set plus progressive files cut
+short)
 With no FILES it synthesizes the standard set (qualities, subsamplings, odd sizes,
 grayscale, RGB, CMYK, YCCK, progressive scan scripts, extreme DQT, edited coefficients).
 """
@@ -265,10 +266,21 @@ def main():
     ap.add_argument("--whole", action="store_true")
     ap.add_argument("files", nargs="*")
     a = ap.parse_args()
-    if a.whole:
-        return whole(os.path.join(os.path.dirname(a.bin), "dec"), a.files)
     tmp = a.keep or tempfile.mkdtemp(prefix="jpix")
     os.makedirs(tmp, exist_ok=True)
+    if a.whole:
+        files = a.files
+        if not files:
+            # The standard set, plus progressive files cut short (EOI appended): libjpeg then
+            # smooths the rows below the last good iMCU row with the previous coef_bits.
+            files = synth(tmp)
+            for f in [f for f in files if "scan_" in f or "prog" in f]:
+                b = open(f, "rb").read()
+                for frac in (0.3, 0.6, 0.9, 0.97):
+                    cut = f[:-4] + f"_cut{int(frac * 100)}.jpg"
+                    open(cut, "wb").write(b[: int(len(b) * frac)] + b"\xff\xd9")
+                    files.append(cut)
+        return whole(os.path.join(os.path.dirname(a.bin), "dec"), files)
     files = a.files or synth(tmp)
     ok = bad = 0
     for f in files:
