@@ -16,6 +16,10 @@ standalone crate that includes the module by path (it compiles in seconds):
 `pix DUMP OUT [REPS]` also times the pixel stage (REPS runs, mean ms on stderr).
 
 Usage: ~/venv-ref/bin/python scripts/check_jpeg_pixels.py [--bin PATH] [--keep DIR] [FILES...]
+       ~/venv-ref/bin/python scripts/check_jpeg_pixels.py --whole [FILES...]
+(--whole: the whole decoder, `decode`, on each file, via the harness's `dec` binary; files
+PIL refuses must be refused too; with no FILES, the standard set plus progressive files cut
+short)
 With no FILES it synthesizes the standard set (qualities, subsamplings, odd sizes,
 grayscale, RGB, CMYK, YCCK, progressive scan scripts, extreme DQT, edited coefficients).
 """
@@ -230,14 +234,53 @@ def synth(dirn):
     return files
 
 
+def whole(dec, files):
+    od = tempfile.mkdtemp(prefix="jpixw")
+    subprocess.run([dec, od + "/o", "0", *files], check=True)
+    ok = bad = refused = 0
+    for f in files:
+        got = open(od + "/o." + os.path.basename(f), "rb").read()
+        try:
+            im = Image.open(f)
+            im.load()
+            want = im.tobytes()
+        except Exception as e:
+            refused += 1
+            if not got.startswith(b"ERR"):
+                print(f"FAIL {f}: PIL refuses it ({e}), the decoder does not")
+                bad += 1
+            continue
+        if got == want:
+            ok += 1
+        else:
+            bad += 1
+            print(f"FAIL {f}: " + (got[:200].decode(errors="replace") if got.startswith(b"ERR") else f"{im.mode} {im.size} bytes differ"))
+    print(f"{ok} identical, {bad} different, {refused} refused by PIL, of {len(files)}")
+    return 1 if bad else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="/tmp/jpeg_pixel_harness/release/pix")
     ap.add_argument("--keep")
+    ap.add_argument("--whole", action="store_true")
     ap.add_argument("files", nargs="*")
     a = ap.parse_args()
     tmp = a.keep or tempfile.mkdtemp(prefix="jpix")
     os.makedirs(tmp, exist_ok=True)
+    if a.whole:
+        files = a.files
+        if not files:
+            # The standard set, plus progressive files cut short (EOI appended): libjpeg then
+            # smooths the rows below the last good iMCU row with the previous coef_bits.
+            files = synth(tmp)
+            for f in [f for f in files if "scan_" in f or "prog" in f]:
+                b = open(f, "rb").read()
+                for frac in (0.3, 0.6, 0.9, 0.97):
+                    cut = f[:-4] + f"_cut{int(frac * 100)}.jpg"
+                    open(cut, "wb").write(b[: int(len(b) * frac)] + b"\xff\xd9")
+                    files.append(cut)
+        return whole(os.path.join(os.path.dirname(a.bin), "dec"), files)
     files = a.files or synth(tmp)
     ok = bad = 0
     for f in files:

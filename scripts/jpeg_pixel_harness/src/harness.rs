@@ -109,6 +109,7 @@ fn frame_from_dump(b: &[u8]) -> Frame {
         color_space: cs,
         adobe: false,
         exif: None,
+        progress: Default::default(),
     }
 }
 
@@ -138,4 +139,25 @@ pub fn run() {
         );
     }
     std::fs::write(&args[2], &d.data).unwrap();
+}
+
+/// `dec OUT REPS FILE...`: decodes each file whole, writes the bytes of the last one to OUT
+/// (or "ERR ..." ), prints per-file mean ms when REPS > 0.
+pub fn run_decode() {
+    let args: Vec<String> = std::env::args().collect();
+    let reps: usize = args[2].parse().unwrap();
+    for f in &args[3..] {
+        let b = std::fs::read(f).unwrap();
+        match harness_decode(&b) {
+            Ok(d) => {
+                if reps > 0 {
+                    let mut best = f64::MAX;
+                    for _ in 0..reps { let t = std::time::Instant::now(); std::hint::black_box(harness_decode(&b).unwrap()); best = best.min(t.elapsed().as_secs_f64()); }
+                    eprintln!("{f}: best {:.3} ms", best * 1e3);
+                }
+                std::fs::write(format!("{}.{}", args[1], std::path::Path::new(f).file_name().unwrap().to_str().unwrap()), &d.data).unwrap();
+            }
+            Err(e) => { std::fs::write(format!("{}.{}", args[1], std::path::Path::new(f).file_name().unwrap().to_str().unwrap()), format!("ERR {e:?}")).unwrap(); }
+        }
+    }
 }

@@ -969,6 +969,7 @@ mod tests {
             color_space: ColorSpace::Gray,
             adobe: false,
             exif: None,
+            progress: Default::default(),
         }
     }
 

@@ -522,8 +522,14 @@ pub(super) fn decode_scan(
         u32::from(scan.al),
     );
 
+    // libjpeg's iMCU row of an MCU row (a single-component scan's MCU row is a block row).
+    let v0 = frame.components[scan.comps[0]].v;
     for my in 0..mcus_y {
         for mx in 0..mcus_x {
+            if !st.insufficient {
+                // `consume_data` notes the last good iMCU row (block smoothing reads it).
+                frame.progress.last_good_imcu_row = if interleaved { my } else { my / v0 };
+            }
             if scan.restart_interval != 0 {
                 if st.restarts_to_go == 0 {
                     process_restart(&mut st, data, scan.restart_interval)?;

@@ -585,6 +585,7 @@ impl<'a> Reader<'a> {
             color_space,
             adobe: self.adobe.is_some(),
             exif: self.exif.take(),
+            progress: Default::default(),
         });
         // libjpeg-turbo's Huffman decoders fill the empty slots 0 and 1 with the standard
         // tables when they start (jstdhuff.c).
@@ -712,6 +713,9 @@ impl<'a> Reader<'a> {
                     "invalid progressive parameters Ss={ss} Se={se} Ah={ah} Al={al} (SOS at offset {at})"
                 )));
             }
+            frame
+                .progress
+                .start_scan(&frame.components, &scan.comps, ss, se);
             for &c in &scan.comps {
                 let bits = &mut frame.components[c].coef_bits;
                 for b in &mut bits[usize::from(ss)..=usize::from(se)] {

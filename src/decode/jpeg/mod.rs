@@ -105,6 +105,9 @@ pub(crate) struct Frame {
     /// the first SOS, concatenated as PIL concatenates them in `info["exif"]` (usually one
     /// segment), for the orientation tag.
     pub exif: Option<Vec<u8>>,
+    /// What libjpeg remembers of the progressive scans for block smoothing when data ran
+    /// short (previous `coef_bits`, last good iMCU row); the default: nothing ran short.
+    pub progress: pixels::Progress,
 }
 
 /// A scan header (SOS): which components it codes and how.

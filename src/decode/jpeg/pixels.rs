@@ -19,7 +19,7 @@ const BAND_IMCU_ROWS: usize = 8;
 /// or the end of data, `insufficient_data`), which decides block smoothing below the last
 /// good iMCU row (`jdcoefct.c`, `decompress_smooth_data`).
 #[derive(Debug, Clone)]
-pub(super) struct Progress {
+pub(crate) struct Progress {
     /// Each component's `coef_bits` before the last scan that included it (the second half
     /// of libjpeg's `coef_bits` array, set in `jdphuff.c` `start_pass_phuff_decoder`; zero
     /// when that scan was the file's first). Entries 1..=9 are used.
@@ -31,9 +31,47 @@ pub(super) struct Progress {
     pub scans: usize,
 }
 
+impl Default for Progress {
+    /// Every iMCU row good: the final `coef_bits` everywhere.
+    fn default() -> Self {
+        Progress {
+            prev_coef_bits: Vec::new(),
+            last_good_imcu_row: usize::MAX,
+            scans: 0,
+        }
+    }
+}
+
+impl Progress {
+    /// At a progressive scan's start, before its `coef_bits` are set (`start_pass_phuff_decoder`,
+    /// `start_pass` in `jdarith.c`): each of its components' `coef_bits[min(ss, 1)..=max(se, 9)]`
+    /// is remembered (as 0 for the file's first scan).
+    pub(crate) fn start_scan(
+        &mut self,
+        components: &[super::Component],
+        comps: &[usize],
+        ss: u8,
+        se: u8,
+    ) {
+        self.scans += 1;
+        if self.prev_coef_bits.len() < components.len() {
+            self.prev_coef_bits.resize(components.len(), [0; 64]);
+        }
+        for &c in comps {
+            for k in usize::from(ss).min(1)..=usize::from(se).clamp(9, 63) {
+                self.prev_coef_bits[c][k] = if self.scans <= 1 {
+                    0
+                } else {
+                    components[c].coef_bits[k]
+                };
+            }
+        }
+    }
+}
+
 /// The image PIL holds after `load()` for a frame whose scans have all been decoded.
 pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
-    to_pixels_with(frame, None)
+    to_pixels_with(frame, Some(&frame.progress))
 }
 
 /// [`to_pixels`], with what libjpeg remembers of the scans when the data ran short (block
@@ -349,6 +387,7 @@ mod tests {
             color_space: cs,
             adobe: false,
             exif: None,
+            progress: Progress::default(),
         }
     }
 

@@ -4,14 +4,19 @@
 
 use super::{color, idct, upsample};
 
-/// Whether the AVX2 kernels may run (checked once).
+/// Whether the AVX2 kernels may run: the CPU has AVX2 and `FASTAI_INFER_SIMD` (read once,
+/// as the crate's other kernels read it) is not `baseline`. The results are the same either
+/// way.
 #[inline]
 pub(super) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
         static AVX2: OnceLock<bool> = OnceLock::new();
-        *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+        *AVX2.get_or_init(|| {
+            std::env::var("FASTAI_INFER_SIMD").as_deref() != Ok("baseline")
+                && std::is_x86_feature_detected!("avx2")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -394,6 +399,7 @@ mod tests {
     #[test]
     fn idct_avx2_equals_plain_on_random_and_extreme_blocks() {
         if !has_avx2() {
+            eprintln!("skipped: JPEG AVX2 IDCT test (this CPU, or FASTAI_INFER_SIMD, has no AVX2)");
             return;
         }
         let mut s = 0x1234_5678_9abc_def0u64;
@@ -426,6 +432,11 @@ mod tests {
 
     #[test]
     fn fancy_avx2_equals_plain_on_random_rows() {
+        if !has_avx2() {
+            eprintln!(
+                "skipped: JPEG AVX2 upsampling test (this CPU, or FASTAI_INFER_SIMD, has no AVX2)"
+            );
+        }
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         for n in 1..70usize {
             for (eb, ob, sh, max) in [(1u16, 2u16, 2u32, 256u64), (8, 7, 4, 1021)] {
@@ -445,6 +456,11 @@ mod tests {
 
     #[test]
     fn ycc_avx2_equals_plain_on_every_chroma_pair() {
+        if !has_avx2() {
+            eprintln!(
+                "skipped: JPEG AVX2 YCbCr->RGB test (this CPU, or FASTAI_INFER_SIMD, has no AVX2)"
+            );
+        }
         // Every (cb, cr) pair, each with several luma values, and an unaligned tail.
         let n = 65536 + 13;
         let (mut y, mut cb, mut cr) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);

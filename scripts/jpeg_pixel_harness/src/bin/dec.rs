@@ -1,0 +1,1 @@
+fn main() { jpeg_pixel_harness::harness::run_decode() }
