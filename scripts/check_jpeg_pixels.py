@@ -8,10 +8,12 @@ headers) and writes them to a dump; a small harness binary builds a `Frame` from
 runs `pixels::to_pixels`; its bytes are compared with `Image.open(f).load(); im.tobytes()`.
 
 Needs ~/venv-ref (Pillow 13.0.0, numpy, jpeglib 1.0.2) and cjpeg on PATH. The harness is a
-scratch crate outside the repository that includes the module by path:
+standalone crate that includes the module by path (it compiles in seconds):
 
-    /work/scratch/jpix/gen.sh /path/to/worktree   # writes src/jpeg/mod.rs (modules made public)
-    (cd /work/scratch/jpix && cargo build --release)
+    scripts/jpeg_pixel_harness/gen.sh
+    (cd scripts/jpeg_pixel_harness && CARGO_TARGET_DIR=/tmp/jpeg_pixel_harness cargo build --release)
+
+`pix DUMP OUT [REPS]` also times the pixel stage (REPS runs, mean ms on stderr).
 
 Usage: ~/venv-ref/bin/python scripts/check_jpeg_pixels.py [--bin PATH] [--keep DIR] [FILES...]
 With no FILES it synthesizes the standard set (qualities, subsamplings, odd sizes,
@@ -230,7 +232,7 @@ def synth(dirn):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="/work/scratch/jpix/target/release/pix")
+    ap.add_argument("--bin", default="/tmp/jpeg_pixel_harness/release/pix")
     ap.add_argument("--keep")
     ap.add_argument("files", nargs="*")
     a = ap.parse_args()

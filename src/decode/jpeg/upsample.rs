@@ -40,7 +40,7 @@ impl Method {
         max_v: usize,
         downsampled_width: usize,
     ) -> JpegResult<Method> {
-        if h == 0 || v == 0 || max_h % h != 0 || max_v % v != 0 {
+        if h == 0 || v == 0 || !max_h.is_multiple_of(h) || !max_v.is_multiple_of(v) {
             return Err(JpegError::Unsupported(format!(
                 "fractional sampling factors {h}x{v} of {max_h}x{max_v} (libjpeg: \
                  JERR_FRACT_SAMPLE_NOTIMPL)"
@@ -88,26 +88,44 @@ pub(super) struct Plane<'a> {
     pub width: usize,
     /// `downsampled_height`.
     pub height: usize,
+    /// The component row that `data`'s first row holds (a band of the component).
+    pub row0: usize,
 }
 
-impl Plane<'_> {
+impl<'a> Plane<'a> {
+    /// Row `y`'s first `w` samples, for a full-size component.
+    #[inline]
+    pub(super) fn full_row(&self, y: usize, w: usize) -> &'a [u8] {
+        &self.row(y as isize)[..w]
+    }
+
     /// Row `y` (clamped to the real rows, as libjpeg's context rows replicate the edges).
     #[inline]
-    fn row(&self, y: isize) -> &[u8] {
-        let y = y.clamp(0, self.height as isize - 1) as usize;
-        &self.data[y * self.stride..y * self.stride + self.stride]
+    fn row(&self, y: isize) -> &'a [u8] {
+        let y = (y.clamp(0, self.height as isize - 1) as usize).saturating_sub(self.row0);
+        let start = (y * self.stride).min(self.data.len());
+        &self.data[start..(start + self.stride).min(self.data.len())]
     }
 }
 
-/// Writes output row `y` (`out.len()` = image width) of one component.
-pub(super) fn row(method: Method, p: &Plane<'_>, y: usize, out: &mut [u8]) {
+/// Writes output row `y` (`out.len()` = image width) of one component; `scratch` is reused
+/// between calls (the fancy filters' column sums).
+pub(super) fn row(method: Method, p: &Plane<'_>, y: usize, out: &mut [u8], scratch: &mut Vec<u16>) {
     let w = out.len();
     match method {
         Method::Full => out.copy_from_slice(&p.row(y as isize)[..w]),
-        Method::H2V1Fancy => h2v1_fancy(&p.row(y as isize)[..p.width], out),
+        Method::H2V1Fancy => {
+            let inp = &p.row(y as isize)[..p.width];
+            sums(scratch, inp.iter().map(|&v| v as u16));
+            super::simd::fancy_h2(scratch, out, 1, 2, 2);
+        }
         Method::H1V2Fancy => {
             let r = (y / 2) as isize;
-            let (other, bias) = if y % 2 == 0 { (r - 1, 1) } else { (r + 1, 2) };
+            let (other, bias) = if y.is_multiple_of(2) {
+                (r - 1, 1)
+            } else {
+                (r + 1, 2)
+            };
             let a = &p.row(r)[..w];
             let b = &p.row(other)[..w];
             for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
@@ -116,49 +134,63 @@ pub(super) fn row(method: Method, p: &Plane<'_>, y: usize, out: &mut [u8]) {
         }
         Method::H2V2Fancy => {
             let r = (y / 2) as isize;
-            let other = if y % 2 == 0 { r - 1 } else { r + 1 };
-            h2v2_fancy(&p.row(r)[..p.width], &p.row(other)[..p.width], out);
+            let other = if y.is_multiple_of(2) { r - 1 } else { r + 1 };
+            let near = &p.row(r)[..p.width];
+            let far = &p.row(other)[..p.width];
+            sums(
+                scratch,
+                near.iter().zip(far).map(|(&a, &b)| a as u16 * 3 + b as u16),
+            );
+            super::simd::fancy_h2(scratch, out, 8, 7, 4);
         }
         Method::Box { h, v } => {
             let src = p.row((y / v) as isize);
-            if h == 1 {
-                out.copy_from_slice(&src[..w]);
-            } else {
-                for (x, o) in out.iter_mut().enumerate() {
-                    *o = src[x / h];
+            match h {
+                1 => out.copy_from_slice(&src[..w]),
+                2 => {
+                    for (o, &s) in out.chunks_mut(2).zip(src) {
+                        o.fill(s);
+                    }
+                }
+                _ => {
+                    for (o, &s) in out.chunks_mut(h).zip(src) {
+                        o.fill(s);
+                    }
                 }
             }
         }
     }
 }
 
-/// `h2v1_fancy_upsample` on one row of `inp.len() >= 3` samples into `out` (at most
-/// `2 * inp.len()` samples).
-pub(super) fn h2v1_fancy(inp: &[u8], out: &mut [u8]) {
-    let n = inp.len();
-    for (x, o) in out.iter_mut().enumerate() {
-        let i = x / 2;
-        let v = inp[i] as u16 * 3;
-        *o = if x % 2 == 0 {
-            ((v + inp[i.saturating_sub(1)] as u16 + 1) >> 2) as u8
-        } else {
-            ((v + inp[(i + 1).min(n - 1)] as u16 + 2) >> 2) as u8
-        };
-    }
+/// Fills `buf` with the column sums of a row padded by one copy of the first and the last
+/// (`buf[0] = s[0]`, `buf[1..=n] = s`, `buf[n + 1] = s[n - 1]`), the fancy filters' edges.
+fn sums(buf: &mut Vec<u16>, s: impl ExactSizeIterator<Item = u16>) {
+    let n = s.len();
+    buf.clear();
+    buf.push(0);
+    buf.extend(s);
+    buf[0] = buf[1];
+    buf.push(buf[n]);
 }
 
-/// `h2v2_fancy_upsample` for one output row: `near` is the nearest input row, `far` the
-/// next nearest (above for even output rows, below for odd), each `>= 3` samples.
-pub(super) fn h2v2_fancy(near: &[u8], far: &[u8], out: &mut [u8]) {
-    let n = near.len();
-    let sum = |i: usize| near[i] as u16 * 3 + far[i] as u16;
+/// The horizontal triangle filter on padded column sums `buf` (see [`sums`]): output `2i` is
+/// `(3 * s[i] + s[i - 1] + even_bias) >> shift`, output `2i + 1` is
+/// `(3 * s[i] + s[i + 1] + odd_bias) >> shift` (`h2v1_fancy_upsample`: biases 1, 2, shift 2;
+/// `h2v2_fancy_upsample`: biases 8, 7, shift 4).
+pub(super) fn fancy_h2_plain(
+    buf: &[u16],
+    out: &mut [u8],
+    even_bias: u16,
+    odd_bias: u16,
+    shift: u32,
+) {
     for (x, o) in out.iter_mut().enumerate() {
-        let i = x / 2;
-        let this = sum(i) * 3;
-        *o = if x % 2 == 0 {
-            ((this + sum(i.saturating_sub(1)) + 8) >> 4) as u8
+        let i = x / 2 + 1;
+        let c = buf[i] * 3;
+        *o = if x.is_multiple_of(2) {
+            ((c + buf[i - 1] + even_bias) >> shift) as u8
         } else {
-            ((this + sum((i + 1).min(n - 1)) + 7) >> 4) as u8
+            ((c + buf[i + 1] + odd_bias) >> shift) as u8
         };
     }
 }

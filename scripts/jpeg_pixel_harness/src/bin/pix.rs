@@ -1,0 +1,3 @@
+fn main() {
+    jpeg_pixel_harness::harness::run()
+}
