@@ -103,7 +103,12 @@ fn jpeg_item_bytes_are_pils() {
             "{}: the JPEG item bytes are not fastai's",
             f.image
         );
-        assert_eq!(item.as_raw(), common::fastai_item(&f).as_raw(), "{}", f.image);
+        assert_eq!(
+            item.as_raw(),
+            common::fastai_item(&f).as_raw(),
+            "{}",
+            f.image
+        );
         n += 1;
     }
     assert_eq!(n, 4, "the JPEG fixtures");
