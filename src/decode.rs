@@ -16,7 +16,8 @@
 //! | 16-bit gray + alpha PNG | `RGBA` | high byte of the gray | identical |
 //! | 16-bit gray PNG | `I;16` | **clipped** to 255 (PIL does not scale: mostly white) | identical |
 //! | CMYK TIFF, 8 or 16-bit | `CMYK` | high byte; PIL's `cmyk2rgb`: `255 - k - round((255 - k) c / 255)` | identical |
-//! | CMYK JPEG | `CMYK` | the JPEG decoder's own conversion | within 1 level |
+//! | JPEG: gray, YCbCr (every sampling), stored RGB; baseline, progressive, arithmetic | `L`, `RGB` | libjpeg-turbo's pixels (`decode::jpeg`), gray copied to R, G, B | identical |
+//! | CMYK and YCCK JPEG | `CMYK` | libjpeg's CMYK (Adobe-inverted, as PIL reads it), then PIL's `cmyk2rgb` | identical |
 //! | floating point (TIFF) | `F` | refused: [`Error::UnsupportedImage`] | - |
 //! | other layouts the decoders do not read | - | refused: [`Error::UnsupportedImage`] | - |
 //!
@@ -49,8 +50,13 @@
 //! Like fastai, the EXIF orientation tag is ignored by default: pixels are used as stored.
 //! [`DecodeOptions::apply_exif_orientation`] applies it (as PIL's `ImageOps.exif_transpose`).
 //!
-//! JPEG decoding uses the `image` crate's decoder, which differs from PIL's libjpeg-turbo by a
-//! few levels on some pixels (see the README's fidelity figures); PNG decodes identically.
+//! JPEG is decoded by the crate's own decoder (`decode::jpeg`, `src/decode/jpeg/`), which gives libjpeg-turbo's pixels as
+//! PIL runs it (Pillow 13, libjpeg-turbo 3: `JDCT_ISLOW`, fancy upsampling), corrupt data
+//! included; it is checked byte for byte against PIL on the corpus of `tests/fixtures/jpeg/`
+//! (`tests/jpeg.rs`, `scripts/make_fixtures_jpeg.py`). Its errors become the crate's: malformed
+//! data an [`Error::ImageDecode`], a JPEG PIL cannot read either (12-bit, lossless) an
+//! [`Error::UnsupportedImage`], a frame over the limit an [`Error::ImageTooLarge`], found from
+//! the frame header before anything is allocated.
 
 use std::path::Path;
 
@@ -565,8 +571,9 @@ fn png_image_data_intact(
 }
 
 /// Whether a JPEG has an end-of-image marker after its first scan header, i.e. was not cut
-/// short. The `image` crate's decoder fills a truncated scan with gray and succeeds; PIL
-/// (without `LOAD_TRUNCATED_IMAGES`, as fastai runs it) raises "image file is truncated".
+/// short: PIL (without `LOAD_TRUNCATED_IMAGES`, as fastai runs it) raises "image file is
+/// truncated" when libjpeg asks for data past the end, even when every scan is complete. A
+/// quick check before decoding; the decoder refuses truncated data itself too.
 ///
 /// The marker segments before the first scan are walked by their lengths (so an EXIF
 /// thumbnail's own markers are skipped); entropy-coded data escapes every `FF` byte, so an
