@@ -308,6 +308,20 @@ fn decode_jpeg(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<Rg
             max_pixels: options.max_pixels,
         });
     }
+    if header.arithmetic {
+        if let Some(at) = arithmetic_scan_crosses_pil_block(bytes) {
+            return Err(jpeg_err(
+                origin,
+                jpeg::JpegError::Malformed(format!(
+                    "arithmetic-coded scan data runs across byte {at}, where PIL hands libjpeg \
+                     its next {PIL_READ_BLOCK}-byte block: libjpeg's arithmetic decoder cannot \
+                     wait for more data there (JERR_CANT_SUSPEND), so PIL refuses the file \
+                     (\"broken data stream\")"
+                )),
+                options,
+            ));
+        }
+    }
     let decoded = jpeg_guarded(|| jpeg::decode(bytes, options.max_pixels))
         .map_err(|e| jpeg_err(origin, e, options))?;
     let (w, h) = (decoded.width as u32, decoded.height as u32);
@@ -338,6 +352,68 @@ fn decode_jpeg(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<Rg
     let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
     to_rgb(img, origin)
+}
+
+/// The block size PIL reads an image file in (`ImageFile.MAXBLOCK`), feeding each block to
+/// libjpeg's suspending data source.
+const PIL_READ_BLOCK: usize = 65536;
+
+/// Where, if anywhere, an arithmetic-coded JPEG's scan data (restart markers included) spans
+/// a multiple of [`PIL_READ_BLOCK`]: PIL gives libjpeg the file one block at a time, and
+/// libjpeg's arithmetic decoder, unlike its Huffman decoder, cannot suspend when the buffer
+/// runs dry inside a scan (`jdarith.c`, `get_byte`: `JERR_CANT_SUSPEND`), so PIL refuses such
+/// a file ("broken data stream when reading image file") although libjpeg reading the whole
+/// file at once would decode it. Measured: 1000x872 arithmetic files (170 kB) refused, their
+/// 500x436 crops (45 kB) decoded.
+///
+/// The scan data of each SOS runs from the end of its header to the next marker other than
+/// RSTn (stuffed `FF 00` and fill bytes skipped). The last bytes before that marker may not
+/// all be read by the decoder, so a block boundary within them is counted as crossed; PIL
+/// may decode such a file (a narrow edge, not seen in the corpus).
+fn arithmetic_scan_crosses_pil_block(bytes: &[u8]) -> Option<usize> {
+    let mut i = 2; // after SOI
+    loop {
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
+            return None;
+        };
+        match marker {
+            0xD9 => return None,
+            0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let (Some(&hi), Some(&lo)) = (bytes.get(i + 2), bytes.get(i + 3)) else {
+                    return None;
+                };
+                let next = i + 2 + usize::from(u16::from_be_bytes([hi, lo]));
+                if marker != 0xDA {
+                    i = next;
+                    continue;
+                }
+                // The entropy-coded data: up to the next marker that is not RSTn.
+                let start = next;
+                let mut end = start;
+                while end + 1 < bytes.len() {
+                    if bytes[end] == 0xFF && !matches!(bytes[end + 1], 0x00 | 0xFF | 0xD0..=0xD7) {
+                        break;
+                    }
+                    end += 1;
+                }
+                let end = if end + 1 >= bytes.len() {
+                    bytes.len()
+                } else {
+                    end
+                };
+                // The first block boundary at or after the data's start.
+                let boundary = start.div_ceil(PIL_READ_BLOCK).max(1) * PIL_READ_BLOCK;
+                if boundary < end {
+                    return Some(boundary);
+                }
+                i = end;
+            }
+        }
+    }
 }
 
 /// Runs a step of the JPEG decoder, turning a panic (a bug: the decoder is written to return
