@@ -386,6 +386,14 @@ def make_corpus():
     app = b"\xff\xe9" + (2 + 5).to_bytes(2, "big") + b"junk\0"
     c.add("odd_com_app.jpg", "unusual markers", "src_base.jpg with a COM and an APP9 before SOF",
           base[:sof] + com + app + base[sof:])
+    # Arithmetic files over PIL's 64 KiB read block: PIL feeds libjpeg 65536 bytes at a time
+    # and libjpeg's arithmetic decoder cannot suspend inside a scan (JERR_CANT_SUSPEND), so
+    # PIL refuses a file whose scan data crosses byte 65536 and decodes one just under it.
+    hubble = rgb("hubble")
+    c.cjpeg("cj_arith_under64k.jpg", "arithmetic", hubble.crop((0, 0, 600, 520)),
+            ["-quality", "85", "-arithmetic", "-restart", "1"])
+    c.cjpeg("bad_arith_over64k.jpg", "arithmetic", hubble.crop((0, 0, 800, 300)),
+            ["-quality", "85", "-arithmetic", "-sample", "1x1"])
     # CMYK without an Adobe marker (libjpeg: plain CMYK; PIL still reads it inverted).
     cm = (OUT / "pil_cmyk_q90.jpg").read_bytes()
     c.add("odd_cmyk_no_adobe.jpg", "CMYK", "pil_cmyk_q90.jpg without its Adobe APP14",

@@ -16,7 +16,8 @@
 //! | 16-bit gray + alpha PNG | `RGBA` | high byte of the gray | identical |
 //! | 16-bit gray PNG | `I;16` | **clipped** to 255 (PIL does not scale: mostly white) | identical |
 //! | CMYK TIFF, 8 or 16-bit | `CMYK` | high byte; PIL's `cmyk2rgb`: `255 - k - round((255 - k) c / 255)` | identical |
-//! | CMYK JPEG | `CMYK` | the JPEG decoder's own conversion | within 1 level |
+//! | JPEG: gray, YCbCr (every sampling), stored RGB; baseline, progressive, arithmetic | `L`, `RGB` | libjpeg-turbo's pixels (`decode::jpeg`), gray copied to R, G, B | identical |
+//! | CMYK and YCCK JPEG | `CMYK` | libjpeg's CMYK (Adobe-inverted, as PIL reads it), then PIL's `cmyk2rgb` | identical |
 //! | floating point (TIFF) | `F` | refused: [`Error::UnsupportedImage`] | - |
 //! | other layouts the decoders do not read | - | refused: [`Error::UnsupportedImage`] | - |
 //!
@@ -49,8 +50,13 @@
 //! Like fastai, the EXIF orientation tag is ignored by default: pixels are used as stored.
 //! [`DecodeOptions::apply_exif_orientation`] applies it (as PIL's `ImageOps.exif_transpose`).
 //!
-//! JPEG decoding uses the `image` crate's decoder, which differs from PIL's libjpeg-turbo by a
-//! few levels on some pixels (see the README's fidelity figures); PNG decodes identically.
+//! JPEG is decoded by the crate's own decoder (`decode::jpeg`, `src/decode/jpeg/`), which gives libjpeg-turbo's pixels as
+//! PIL runs it (Pillow 13, libjpeg-turbo 3: `JDCT_ISLOW`, fancy upsampling), corrupt data
+//! included; it is checked byte for byte against PIL on the corpus of `tests/fixtures/jpeg/`
+//! (`tests/jpeg.rs`, `scripts/make_fixtures_jpeg.py`). Its errors become the crate's: malformed
+//! data an [`Error::ImageDecode`], a JPEG PIL cannot read either (12-bit, lossless) an
+//! [`Error::UnsupportedImage`], a frame over the limit an [`Error::ImageTooLarge`], found from
+//! the frame header before anything is allocated.
 
 use std::path::Path;
 
@@ -302,6 +308,20 @@ fn decode_jpeg(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<Rg
             max_pixels: options.max_pixels,
         });
     }
+    if header.arithmetic {
+        if let Some(at) = arithmetic_scan_crosses_pil_block(bytes) {
+            return Err(jpeg_err(
+                origin,
+                jpeg::JpegError::Malformed(format!(
+                    "arithmetic-coded scan data runs across byte {at}, where PIL hands libjpeg \
+                     its next {PIL_READ_BLOCK}-byte block: libjpeg's arithmetic decoder cannot \
+                     wait for more data there (JERR_CANT_SUSPEND), so PIL refuses the file \
+                     (\"broken data stream\")"
+                )),
+                options,
+            ));
+        }
+    }
     let decoded = jpeg_guarded(|| jpeg::decode(bytes, options.max_pixels))
         .map_err(|e| jpeg_err(origin, e, options))?;
     let (w, h) = (decoded.width as u32, decoded.height as u32);
@@ -332,6 +352,68 @@ fn decode_jpeg(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<Rg
     let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
     to_rgb(img, origin)
+}
+
+/// The block size PIL reads an image file in (`ImageFile.MAXBLOCK`), feeding each block to
+/// libjpeg's suspending data source.
+const PIL_READ_BLOCK: usize = 65536;
+
+/// Where, if anywhere, an arithmetic-coded JPEG's scan data (restart markers included) spans
+/// a multiple of [`PIL_READ_BLOCK`]: PIL gives libjpeg the file one block at a time, and
+/// libjpeg's arithmetic decoder, unlike its Huffman decoder, cannot suspend when the buffer
+/// runs dry inside a scan (`jdarith.c`, `get_byte`: `JERR_CANT_SUSPEND`), so PIL refuses such
+/// a file ("broken data stream when reading image file") although libjpeg reading the whole
+/// file at once would decode it. Measured: 1000x872 arithmetic files (170 kB) refused, their
+/// 500x436 crops (45 kB) decoded.
+///
+/// The scan data of each SOS runs from the end of its header to the next marker other than
+/// RSTn (stuffed `FF 00` and fill bytes skipped). The last bytes before that marker may not
+/// all be read by the decoder, so a block boundary within them is counted as crossed; PIL
+/// may decode such a file (a narrow edge, not seen in the corpus).
+fn arithmetic_scan_crosses_pil_block(bytes: &[u8]) -> Option<usize> {
+    let mut i = 2; // after SOI
+    loop {
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
+            return None;
+        };
+        match marker {
+            0xD9 => return None,
+            0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let (Some(&hi), Some(&lo)) = (bytes.get(i + 2), bytes.get(i + 3)) else {
+                    return None;
+                };
+                let next = i + 2 + usize::from(u16::from_be_bytes([hi, lo]));
+                if marker != 0xDA {
+                    i = next;
+                    continue;
+                }
+                // The entropy-coded data: up to the next marker that is not RSTn.
+                let start = next;
+                let mut end = start;
+                while end + 1 < bytes.len() {
+                    if bytes[end] == 0xFF && !matches!(bytes[end + 1], 0x00 | 0xFF | 0xD0..=0xD7) {
+                        break;
+                    }
+                    end += 1;
+                }
+                let end = if end + 1 >= bytes.len() {
+                    bytes.len()
+                } else {
+                    end
+                };
+                // The first block boundary at or after the data's start.
+                let boundary = start.div_ceil(PIL_READ_BLOCK).max(1) * PIL_READ_BLOCK;
+                if boundary < end {
+                    return Some(boundary);
+                }
+                i = end;
+            }
+        }
+    }
 }
 
 /// Runs a step of the JPEG decoder, turning a panic (a bug: the decoder is written to return
@@ -565,8 +647,9 @@ fn png_image_data_intact(
 }
 
 /// Whether a JPEG has an end-of-image marker after its first scan header, i.e. was not cut
-/// short. The `image` crate's decoder fills a truncated scan with gray and succeeds; PIL
-/// (without `LOAD_TRUNCATED_IMAGES`, as fastai runs it) raises "image file is truncated".
+/// short: PIL (without `LOAD_TRUNCATED_IMAGES`, as fastai runs it) raises "image file is
+/// truncated" when libjpeg asks for data past the end, even when every scan is complete. A
+/// quick check before decoding; the decoder refuses truncated data itself too.
 ///
 /// The marker segments before the first scan are walked by their lengths (so an EXIF
 /// thumbnail's own markers are skipped); entropy-coded data escapes every `FF` byte, so an

@@ -100,23 +100,26 @@ fn lossless_images_match_fastai_end_to_end() {
 }
 
 #[test]
-fn jpeg_images_keep_fastai_top1() {
+fn jpeg_images_match_fastai_end_to_end() {
+    // The crate's JPEG decoder gives PIL's (libjpeg-turbo's) pixels: the normalized input is
+    // fastai's bit for bit and the probabilities within 1e-5, as for the lossless images.
     let learn = learner();
     let golden = common::golden();
     let mut n = 0;
     for f in common::manifest().into_iter().filter(|f| !f.lossless) {
-        let img = load_image(common::image_path(&f)).unwrap();
+        let path = common::image_path(&f);
+        let img = load_image(&path).unwrap();
         let input = learn.model_input(std::slice::from_ref(&img)).unwrap();
-        let d = common::max_abs_diff(&input, &common::fastai_input(&f));
-        let pred = learn.predict(&img).unwrap();
+        common::assert_input_is_fastais(&f, &input, "from the JPEG file");
+        let pred = learn.predict_path(&path).unwrap();
         let probs = Tensor::new(pred.probabilities.as_slice(), &Device::Cpu).unwrap();
         let dp = common::max_abs_diff(&probs, &golden[&format!("{}.probs", f.stem)]);
         println!(
-            "{:24} JPEG decoder vs libjpeg-turbo: input max diff {d:.3e}, probs max diff {dp:.3e}",
-            f.image
+            "{:24} JPEG: input bit-identical  probs {dp:.1e}  {} ({:.4})",
+            f.image, pred.label, pred.probabilities[pred.index]
         );
+        assert!(dp <= 1e-5, "{}: probabilities differ by {dp}", f.image);
         assert_eq!(pred.label, f.label, "{}: top-1 label", f.image);
-        assert!(dp <= 2e-2, "{}: probabilities differ by {dp}", f.image);
         n += 1;
     }
     assert_eq!(n, 4, "the JPEG fixtures");
