@@ -196,15 +196,6 @@ fn decode_image(bytes: &[u8], origin: &str, options: &DecodeOptions) -> Result<R
             ),
         });
     };
-    if reader_format == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
-        return Err(decode_err(image::ImageError::Decoding(
-            image::error::DecodingError::new(
-                image::error::ImageFormatHint::Exact(image::ImageFormat::Jpeg),
-                "the file is truncated: no end-of-image marker (FF D9) after the scan data \
-                 (PIL refuses it too: \"image file is truncated\")",
-            ),
-        )));
-    }
     if reader_format == Some(image::ImageFormat::Jpeg) {
         return decode_jpeg(bytes, origin, options);
     }
@@ -644,45 +635,6 @@ fn png_image_data_intact(
         )),
         _ => Ok(()),
     }
-}
-
-/// Whether a JPEG has an end-of-image marker after its first scan header, i.e. was not cut
-/// short: PIL (without `LOAD_TRUNCATED_IMAGES`, as fastai runs it) raises "image file is
-/// truncated" when libjpeg asks for data past the end, even when every scan is complete. A
-/// quick check before decoding; the decoder refuses truncated data itself too.
-///
-/// The marker segments before the first scan are walked by their lengths (so an EXIF
-/// thumbnail's own markers are skipped); entropy-coded data escapes every `FF` byte, so an
-/// `FF D9` after the scan header is a real marker. Bytes after it are ignored, as PIL ignores
-/// them. A header too malformed to walk is left to the decoder to reject.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let mut i = 2; // after SOI
-    let scan = loop {
-        // Fill bytes before a marker.
-        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-            i += 1;
-        }
-        let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
-            return true;
-        };
-        match marker {
-            0xD9 => return true,
-            0x01 | 0xD0..=0xD8 => i += 2,
-            _ => {
-                let (Some(&hi), Some(&lo)) = (bytes.get(i + 2), bytes.get(i + 3)) else {
-                    return false;
-                };
-                let next = i + 2 + usize::from(u16::from_be_bytes([hi, lo]));
-                if marker == 0xDA {
-                    break next;
-                }
-                i = next;
-            }
-        }
-    };
-    bytes
-        .get(scan..)
-        .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// An 8 or 16-bit CMYK TIFF converted to RGB as PIL's `convert('RGB')` does:
