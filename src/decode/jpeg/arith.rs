@@ -962,6 +962,7 @@ mod tests {
                 blocks_w: wb,
                 blocks_h: hb,
                 coefs: vec![[0; 64]; wb * hb],
+                coef_row0: 0,
                 coef_bits: [-1; 64],
             }],
             max_h: 1,
@@ -970,6 +971,7 @@ mod tests {
             adobe: false,
             exif: None,
             progress: Default::default(),
+            streamed: None,
         }
     }
 

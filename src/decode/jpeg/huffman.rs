@@ -453,161 +453,273 @@ pub(super) fn decode_scan(
     data: &[u8],
     start: usize,
 ) -> JpegResult<ScanOutcome> {
-    let kind = if !frame.progressive {
-        Kind::Sequential
-    } else {
-        match (scan.ss == 0, scan.ah == 0) {
-            (true, true) => Kind::DcFirst,
-            (true, false) => Kind::DcRefine,
-            (false, true) => Kind::AcFirst,
-            (false, false) => Kind::AcRefine,
+    let mut dec = ScanDecoder::new(frame, scan, tables, data, start)?;
+    dec.decode_rows(frame, dec.mcu_rows())?;
+    Ok(dec.finish())
+}
+
+/// A scan being decoded MCU row by MCU row (libjpeg's entropy decoder between `start_pass`
+/// and the end of the scan), so that a single-scan file can be turned into pixels band by
+/// band while its coefficients are held only for the rows in use
+/// ([`Component::coef_row0`]).
+pub(super) struct ScanDecoder<'a, 't> {
+    /// What the scan codes.
+    kind: Kind,
+    /// The DC table of each scan component.
+    dc_t: Vec<&'t Derived>,
+    /// The AC table of each scan component.
+    ac_t: Vec<&'t Derived>,
+    /// Bit reader, predictors, restart bookkeeping.
+    st: State<'a>,
+    /// The blocks of one MCU.
+    layout: Vec<McuBlock>,
+    /// MCUs in a row.
+    mcus_x: usize,
+    /// MCU rows in the scan.
+    mcus_y: usize,
+    /// Whether the scan has several components.
+    interleaved: bool,
+    /// Spectral selection start.
+    ss: usize,
+    /// Spectral selection end.
+    se: usize,
+    /// Successive approximation low bit.
+    al: u32,
+    /// The first scan component's vertical sampling factor.
+    v0: usize,
+    /// The restart interval in MCUs (0: none).
+    restart_interval: usize,
+    /// The whole file.
+    data: &'a [u8],
+    /// The next MCU row to decode.
+    next_row: usize,
+}
+
+impl<'a, 't> ScanDecoder<'a, 't> {
+    /// Starts decoding `scan`, whose entropy-coded data starts at `start` in `data`.
+    pub(super) fn new(
+        frame: &Frame,
+        scan: &Scan,
+        tables: &ScanTables<'t>,
+        data: &'a [u8],
+        start: usize,
+    ) -> JpegResult<Self> {
+        let kind = if !frame.progressive {
+            Kind::Sequential
+        } else {
+            match (scan.ss == 0, scan.ah == 0) {
+                (true, true) => Kind::DcFirst,
+                (true, false) => Kind::DcRefine,
+                (false, true) => Kind::AcFirst,
+                (false, false) => Kind::AcRefine,
+            }
+        };
+        let missing =
+            || JpegError::Malformed("a scan names a Huffman table that is not defined".into());
+        let empty: &'t Derived = EMPTY.get_or_init(empty_table);
+        let mut dc_t: Vec<&'t Derived> = Vec::with_capacity(4);
+        let mut ac_t: Vec<&'t Derived> = Vec::with_capacity(4);
+        for i in 0..scan.comps.len() {
+            let need_dc = matches!(kind, Kind::Sequential | Kind::DcFirst);
+            let need_ac = matches!(kind, Kind::Sequential | Kind::AcFirst | Kind::AcRefine);
+            let d = tables.dc.get(scan.dc_table[i]).copied().flatten();
+            let a = tables.ac.get(scan.ac_table[i]).copied().flatten();
+            match (need_dc, d) {
+                (true, None) => return Err(missing()),
+                (_, Some(t)) => dc_t.push(t),
+                (false, None) => dc_t.push(empty),
+            }
+            match (need_ac, a) {
+                (true, None) => return Err(missing()),
+                (_, Some(t)) => ac_t.push(t),
+                (false, None) => ac_t.push(empty),
+            }
         }
-    };
-    let missing =
-        || JpegError::Malformed("a scan names a Huffman table that is not defined".into());
-    let mut dc_t: Vec<&Derived> = Vec::with_capacity(4);
-    let mut ac_t: Vec<&Derived> = Vec::with_capacity(4);
-    for i in 0..scan.comps.len() {
-        let need_dc = matches!(kind, Kind::Sequential | Kind::DcFirst);
-        let need_ac = matches!(kind, Kind::Sequential | Kind::AcFirst | Kind::AcRefine);
-        let d = tables.dc.get(scan.dc_table[i]).copied().flatten();
-        let a = tables.ac.get(scan.ac_table[i]).copied().flatten();
-        match (need_dc, d) {
-            (true, None) => return Err(missing()),
-            (_, Some(t)) => dc_t.push(t),
-            (false, None) => dc_t.push(EMPTY.get_or_init(empty_table)),
-        }
-        match (need_ac, a) {
-            (true, None) => return Err(missing()),
-            (_, Some(t)) => ac_t.push(t),
-            (false, None) => ac_t.push(EMPTY.get_or_init(empty_table)),
+        let Some(&first) = scan.comps.first() else {
+            return Err(JpegError::Malformed("a scan with no components".into()));
+        };
+        let comp = |i: usize| {
+            frame.components.get(i).ok_or_else(|| {
+                JpegError::Malformed("a scan names a component the frame lacks".into())
+            })
+        };
+
+        // The MCU layout (jdinput.c per_scan_setup).
+        let mut layout: Vec<McuBlock> = Vec::with_capacity(10);
+        let (mcus_x, mcus_y) = if scan.comps.len() == 1 {
+            let c = comp(first)?;
+            layout.push(McuBlock {
+                comp: first,
+                ..McuBlock::default()
+            });
+            (c.width_in_blocks, c.height_in_blocks)
+        } else {
+            for (ci, &ix) in scan.comps.iter().enumerate() {
+                let c = comp(ix)?;
+                for dy in 0..c.v {
+                    for dx in 0..c.h {
+                        layout.push(McuBlock {
+                            comp: ix,
+                            ci,
+                            dy,
+                            dx,
+                        });
+                    }
+                }
+            }
+            (
+                frame.width.div_ceil(frame.max_h * 8),
+                frame.height.div_ceil(frame.max_v * 8),
+            )
+        };
+        Ok(Self {
+            kind,
+            dc_t,
+            ac_t,
+            st: State {
+                reader: BitReader::new(data, start),
+                pred: [0; 4],
+                eobrun: 0,
+                insufficient: false,
+                restarts_to_go: scan.restart_interval,
+                next_restart: 0,
+                truncated: false,
+            },
+            layout,
+            mcus_x,
+            mcus_y,
+            interleaved: scan.comps.len() > 1,
+            ss: usize::from(scan.ss),
+            se: usize::from(scan.se),
+            al: u32::from(scan.al),
+            v0: comp(first)?.v,
+            restart_interval: scan.restart_interval,
+            data,
+            next_row: 0,
+        })
+    }
+
+    /// The scan's MCU rows: iMCU rows when it is interleaved, the component's block rows
+    /// otherwise.
+    pub(super) fn mcu_rows(&self) -> usize {
+        self.mcus_y
+    }
+
+    /// The MCU rows that cover iMCU rows `0..k` (an interleaved scan's MCU row is an iMCU
+    /// row; a single-component scan's is a block row, `v` of them an iMCU row).
+    pub(super) fn mcu_rows_of_imcu_rows(&self, k: usize) -> usize {
+        if self.interleaved {
+            k
+        } else {
+            k.saturating_mul(self.v0)
         }
     }
 
-    let mut st = State {
-        reader: BitReader::new(data, start),
-        pred: [0; 4],
-        eobrun: 0,
-        insufficient: false,
-        restarts_to_go: scan.restart_interval,
-        next_restart: 0,
-        truncated: false,
-    };
-
-    // The MCU layout (jdinput.c per_scan_setup).
-    let mut layout: Vec<McuBlock> = Vec::with_capacity(10);
-    let (mcus_x, mcus_y) = if scan.comps.len() == 1 {
-        let c = &frame.components[scan.comps[0]];
-        layout.push(McuBlock::default());
-        layout[0].comp = scan.comps[0];
-        (c.width_in_blocks, c.height_in_blocks)
-    } else {
-        for (ci, &comp) in scan.comps.iter().enumerate() {
-            let c = &frame.components[comp];
-            for dy in 0..c.v {
-                for dx in 0..c.h {
-                    layout.push(McuBlock { comp, ci, dy, dx });
+    /// Decodes the MCU rows from the next one up to `until` (exclusive, at most
+    /// [`ScanDecoder::mcu_rows`]) into `frame`'s coefficients, which must hold their block
+    /// rows (from each component's [`Component::coef_row0`] on).
+    pub(super) fn decode_rows(&mut self, frame: &mut Frame, until: usize) -> JpegResult<()> {
+        let until = until.min(self.mcus_y);
+        let outside =
+            || JpegError::Malformed("scan geometry outside the coefficient arrays".into());
+        let (ss, se, al) = (self.ss, self.se, self.al);
+        let st = &mut self.st;
+        for my in self.next_row..until {
+            for mx in 0..self.mcus_x {
+                if !st.insufficient {
+                    // `consume_data` notes the last good iMCU row (block smoothing reads it).
+                    frame.progress.last_good_imcu_row =
+                        if self.interleaved { my } else { my / self.v0 };
                 }
-            }
-        }
-        (
-            frame.width.div_ceil(frame.max_h * 8),
-            frame.height.div_ceil(frame.max_v * 8),
-        )
-    };
-    let interleaved = scan.comps.len() > 1;
-    let (ss, se, al) = (
-        usize::from(scan.ss),
-        usize::from(scan.se),
-        u32::from(scan.al),
-    );
-
-    // libjpeg's iMCU row of an MCU row (a single-component scan's MCU row is a block row).
-    let v0 = frame.components[scan.comps[0]].v;
-    for my in 0..mcus_y {
-        for mx in 0..mcus_x {
-            if !st.insufficient {
-                // `consume_data` notes the last good iMCU row (block smoothing reads it).
-                frame.progress.last_good_imcu_row = if interleaved { my } else { my / v0 };
-            }
-            if scan.restart_interval != 0 {
-                if st.restarts_to_go == 0 {
-                    process_restart(&mut st, data, scan.restart_interval)?;
+                if self.restart_interval != 0 {
+                    if st.restarts_to_go == 0 {
+                        process_restart(st, self.data, self.restart_interval)?;
+                    }
+                    st.restarts_to_go -= 1;
                 }
-                st.restarts_to_go -= 1;
-            }
-            if st.insufficient {
-                continue;
-            }
-            for b in &layout {
-                let c = &mut frame.components[b.comp];
-                let (row, col) = if interleaved {
-                    (my * c.v + b.dy, mx * c.h + b.dx)
-                } else {
-                    (my, mx)
-                };
-                let idx = row * c.blocks_w + col;
-                let Some(block) = c.coefs.get_mut(idx) else {
-                    return Err(JpegError::Malformed(
-                        "scan geometry outside the coefficient arrays".into(),
-                    ));
-                };
-                let r = &mut st.reader;
-                match kind {
-                    Kind::Sequential => {
-                        decode_block_seq(r, dc_t[b.ci], ac_t[b.ci], &mut st.pred[b.ci], block)
-                    }
-                    Kind::DcFirst => {
-                        r.ensure(32);
-                        let s = u32::from(r.decode(dc_t[b.ci]));
-                        let diff = if s != 0 { extend(r.get_bits(s), s) } else { 0 };
-                        let Some(v) = st.pred[b.ci].checked_add(diff) else {
-                            return Err(JpegError::Malformed(
-                                "DC coefficient out of range in a progressive scan".into(),
-                            ));
-                        };
-                        st.pred[b.ci] = v;
-                        block[0] = v.wrapping_shl(al) as i16;
-                    }
-                    Kind::DcRefine => {
-                        r.ensure(1);
-                        if r.get_bits(1) != 0 {
-                            block[0] |= (1i32 << al) as i16;
+                if st.insufficient {
+                    continue;
+                }
+                for b in &self.layout {
+                    let c = &mut frame.components[b.comp];
+                    let (row, col) = if self.interleaved {
+                        (my * c.v + b.dy, mx * c.h + b.dx)
+                    } else {
+                        (my, mx)
+                    };
+                    let idx = row
+                        .checked_sub(c.coef_row0)
+                        .map(|r| r * c.blocks_w + col)
+                        .ok_or_else(outside)?;
+                    let block = c.coefs.get_mut(idx).ok_or_else(outside)?;
+                    let r = &mut st.reader;
+                    match self.kind {
+                        Kind::Sequential => decode_block_seq(
+                            r,
+                            self.dc_t[b.ci],
+                            self.ac_t[b.ci],
+                            &mut st.pred[b.ci],
+                            block,
+                        ),
+                        Kind::DcFirst => {
+                            r.ensure(32);
+                            let s = u32::from(r.decode(self.dc_t[b.ci]));
+                            let diff = if s != 0 { extend(r.get_bits(s), s) } else { 0 };
+                            let Some(v) = st.pred[b.ci].checked_add(diff) else {
+                                return Err(JpegError::Malformed(
+                                    "DC coefficient out of range in a progressive scan".into(),
+                                ));
+                            };
+                            st.pred[b.ci] = v;
+                            block[0] = v.wrapping_shl(al) as i16;
+                        }
+                        Kind::DcRefine => {
+                            r.ensure(1);
+                            if r.get_bits(1) != 0 {
+                                block[0] |= (1i32 << al) as i16;
+                            }
+                        }
+                        Kind::AcFirst => {
+                            decode_ac_first(r, self.ac_t[b.ci], &mut st.eobrun, block, ss, se, al)
+                        }
+                        Kind::AcRefine => {
+                            decode_ac_refine(r, self.ac_t[b.ci], &mut st.eobrun, block, ss, se, al)
                         }
                     }
-                    Kind::AcFirst => {
-                        decode_ac_first(r, ac_t[b.ci], &mut st.eobrun, block, ss, se, al)
-                    }
-                    Kind::AcRefine => {
-                        decode_ac_refine(r, ac_t[b.ci], &mut st.eobrun, block, ss, se, al)
-                    }
                 }
-            }
-            if st.reader.overrun() {
-                st.insufficient = true;
-                if st.reader.eof {
-                    st.truncated = true;
+                if st.reader.overrun() {
+                    st.insufficient = true;
+                    if st.reader.eof {
+                        st.truncated = true;
+                    }
                 }
             }
         }
+        self.next_row = self.next_row.max(until);
+        Ok(())
     }
-    // The file ended inside the data the reader looked at: libjpeg, which loads bits before
-    // it needs them, would have asked for more data there and PIL has none to give.
-    // (Approximation: libjpeg's exact fill points are not modelled.)
-    if st.reader.eof {
-        st.truncated = true;
-    }
-    let end = match st.reader.marker {
-        Some((code, after)) => ScanEnd::Marker(code, after),
-        None => match next_marker(data, st.reader.pos) {
+
+    /// Ends the scan: what follows its data, and whether the file ended inside it.
+    pub(super) fn finish(self) -> ScanOutcome {
+        let mut st = self.st;
+        // The file ended inside the data the reader looked at: libjpeg, which loads bits
+        // before it needs them, would have asked for more data there and PIL has none to
+        // give. (Approximation: libjpeg's exact fill points are not modelled.)
+        if st.reader.eof {
+            st.truncated = true;
+        }
+        let end = match st.reader.marker {
             Some((code, after)) => ScanEnd::Marker(code, after),
-            None => ScanEnd::Eof,
-        },
-    };
-    Ok(ScanOutcome {
-        end,
-        truncated: st.truncated,
-    })
+            None => match next_marker(self.data, st.reader.pos) {
+                Some((code, after)) => ScanEnd::Marker(code, after),
+                None => ScanEnd::Eof,
+            },
+        };
+        ScanOutcome {
+            end,
+            truncated: st.truncated,
+        }
+    }
 }
 
 /// A table with no codes, for the slots a scan does not use.

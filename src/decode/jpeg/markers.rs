@@ -10,7 +10,7 @@
 
 use super::arith::{self, ArithConditioning};
 use super::huffman::{self, Derived, HuffSpec, ScanEnd, ScanTables};
-use super::{ColorSpace, Component, Frame, JpegError, JpegResult, Scan};
+use super::{pixels, ColorSpace, Component, Frame, JpegError, JpegResult, Scan};
 
 /// libjpeg's `JPEG_MAX_DIMENSION`.
 const MAX_DIMENSION: usize = 65500;
@@ -43,8 +43,12 @@ pub(super) fn next_marker(data: &[u8], mut pos: usize) -> Option<(u8, usize)> {
 pub(super) enum Until {
     /// Up to the first SOS (size, colour space, EXIF); no coefficients allocated.
     Header,
-    /// Every scan, up to EOI.
+    /// Every scan, up to EOI, every coefficient kept.
     End,
+    /// Every scan, up to EOI, as [`Until::End`]; but a sequential Huffman-coded file with a
+    /// single scan is turned into pixels band by band as it is read ([`Frame::streamed`]),
+    /// its coefficients not kept.
+    Pixels,
 }
 
 /// Why reading stopped early.
@@ -132,11 +136,23 @@ struct Reader<'a> {
     multi_scan: bool,
     /// Scans decoded so far.
     scans: usize,
+    /// iMCU rows a band of a streamed decode makes at a time ([`Until::Pixels`]).
+    stream_band: usize,
 }
 
 /// Reads `bytes` as PIL (Pillow + libjpeg-turbo) reads a JPEG: the markers, and with
 /// [`Until::End`] every scan's coefficients.
 pub(super) fn read(bytes: &[u8], max_pixels: u64, until: Until) -> JpegResult<Frame> {
+    read_with_band(bytes, max_pixels, until, pixels::STREAM_IMCU_ROWS)
+}
+
+/// [`read`], a streamed decode making `stream_band` iMCU rows at a time.
+pub(super) fn read_with_band(
+    bytes: &[u8],
+    max_pixels: u64,
+    until: Until,
+    stream_band: usize,
+) -> JpegResult<Frame> {
     let mut r = Reader {
         data: bytes,
         until,
@@ -154,6 +170,7 @@ pub(super) fn read(bytes: &[u8], max_pixels: u64, until: Until) -> JpegResult<Fr
         exif: None,
         multi_scan: false,
         scans: 0,
+        stream_band,
     };
     match r.run() {
         Ok(()) => {}
@@ -161,7 +178,7 @@ pub(super) fn read(bytes: &[u8], max_pixels: u64, until: Until) -> JpegResult<Fr
         Err(Fail::Truncated(msg)) => {
             // A single-scan file whose scanlines are all out: PIL ignores the suspension in
             // jpeg_finish_decompress.
-            if !(until == Until::End && r.scans > 0 && !r.multi_scan) {
+            if !(until != Until::Header && r.scans > 0 && !r.multi_scan) {
                 return Err(JpegError::Malformed(msg));
             }
         }
@@ -519,7 +536,11 @@ impl<'a> Reader<'a> {
         let max_h = sof.comps.iter().map(|c| c.1).max().unwrap_or(1);
         let max_v = sof.comps.iter().map(|c| c.2).max().unwrap_or(1);
         let (w, hgt) = (sof.width, sof.height);
-        let alloc = self.until == Until::End;
+        let alloc = match self.until {
+            Until::Header => false,
+            Until::End => true,
+            Until::Pixels => !self.streams(),
+        };
         let components = sof
             .comps
             .iter()
@@ -545,6 +566,7 @@ impl<'a> Reader<'a> {
                     } else {
                         Vec::new()
                     },
+                    coef_row0: 0,
                     coef_bits: [-1; 64],
                 }
             })
@@ -586,6 +608,7 @@ impl<'a> Reader<'a> {
             adobe: self.adobe.is_some(),
             exif: self.exif.take(),
             progress: Default::default(),
+            streamed: None,
         });
         // libjpeg-turbo's Huffman decoders fill the empty slots 0 and 1 with the standard
         // tables when they start (jstdhuff.c).
@@ -599,6 +622,17 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the frame is decoded to pixels band by band as its scan is read: asked for,
+    /// sequential, Huffman-coded, one scan (decided at the first SOS).
+    fn streams(&self) -> bool {
+        self.until == Until::Pixels
+            && !self.multi_scan
+            && self
+                .sof
+                .as_ref()
+                .is_some_and(|s| !s.arithmetic && !s.progressive)
     }
 
     /// SOS: the scan header, then (with [`Until::End`]) its data. Returns the offset to go
@@ -645,8 +679,8 @@ impl<'a> Reader<'a> {
         let progressive = sof.progressive;
         let arithmetic = sof.arithmetic;
         if self.frame.is_none() {
-            self.start_frame(at)?;
             self.multi_scan = n < ncomp || progressive;
+            self.start_frame(at)?;
             if self.until == Until::Header {
                 return Ok((end, None));
             }
@@ -655,6 +689,7 @@ impl<'a> Reader<'a> {
                 "a second scan (SOS at offset {at}) in a single-scan file: EOI expected"
             )));
         }
+        let streams = self.streams();
         let scan = Scan {
             comps,
             dc_table,
@@ -751,7 +786,13 @@ impl<'a> Reader<'a> {
             dc: [0, 1, 2, 3].map(|i| derived[i].as_ref()),
             ac: [4, 5, 6, 7].map(|i| derived[i].as_ref()),
         };
-        let outcome = huffman::decode_scan(frame, &scan, &tables, self.data, end)?;
+        let outcome = if streams {
+            let mut dec = huffman::ScanDecoder::new(frame, &scan, &tables, self.data, end)?;
+            frame.streamed = Some(pixels::stream_bands(frame, &mut dec, self.stream_band)?);
+            dec.finish()
+        } else {
+            huffman::decode_scan(frame, &scan, &tables, self.data, end)?
+        };
         if outcome.truncated {
             // Not every scanline is out: refused even for a single-scan file.
             return Err(Fail::Error(JpegError::Malformed(format!(

@@ -55,6 +55,10 @@ pub(crate) struct Component {
     /// Quantized coefficients of every block, row-major (`blocks_h` rows of `blocks_w`),
     /// each block in natural order (un-zigzagged). Zero until a scan sets them.
     pub coefs: Vec<[i16; 64]>,
+    /// The block row [`Component::coefs`] starts at: 0 when it holds the whole component,
+    /// more when a single-scan file is decoded band by band and it holds only the block
+    /// rows in use.
+    pub coef_row0: usize,
     /// libjpeg's `coef_bits` for this component: for each coefficient, the successive
     /// approximation bit position still unknown (`-1`: no scan has touched it yet; `0`:
     /// fully known). Progressive only; decides block smoothing (`jdcoefct.c`).
@@ -108,6 +112,10 @@ pub(crate) struct Frame {
     /// What libjpeg remembers of the progressive scans for block smoothing when data ran
     /// short (previous `coef_bits`, last good iMCU row); the default: nothing ran short.
     pub progress: pixels::Progress,
+    /// The pixels, when the file was decoded band by band as its single scan was read
+    /// ([`decode`] on a sequential Huffman-coded file with one scan): its coefficients are
+    /// then not kept.
+    pub streamed: Option<Decoded>,
 }
 
 /// A scan header (SOS): which components it codes and how.
@@ -183,9 +191,16 @@ pub(crate) type JpegResult<T> = std::result::Result<T, JpegError>;
 /// ([`decode_coefficients`]), then the pixels (IDCT, upsampling, colour conversion).
 /// `max_pixels`: files with more pixels are refused ([`JpegError::TooLarge`]) before
 /// anything is allocated.
+///
+/// A sequential Huffman-coded file with a single scan (most photos) is decoded as libjpeg
+/// decodes it, band by band as the scan is read, holding only the coefficients of the rows
+/// in use; the others keep every coefficient until the last scan.
 pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> JpegResult<Decoded> {
-    let frame = decode_coefficients(bytes, max_pixels)?;
-    pixels::to_pixels(&frame)
+    let mut frame = markers::read(bytes, max_pixels, markers::Until::Pixels)?;
+    match frame.streamed.take() {
+        Some(d) => Ok(d),
+        None => pixels::to_pixels(&frame),
+    }
 }
 
 /// Reads the markers and decodes every scan: the returned [`Frame`] has every component's
@@ -464,5 +479,55 @@ mod tests {
         let mut d = BASE[..dht1].to_vec();
         d.extend_from_slice(&BASE[end..]);
         assert_eq!(coefs(&d).unwrap(), BASE_COEFS);
+    }
+
+    /// Decoding band by band as the scan is read ([`markers::Until::Pixels`]) gives what the
+    /// whole-frame path gives (itself checked byte for byte against PIL in `tests/jpeg.rs`),
+    /// on every fixture JPEG, with bands small enough that the coefficient window slides
+    /// many times (sizes up to 1023x767; every sampling; restarts; corrupt and cut data).
+    #[test]
+    fn streamed_bands_give_the_whole_frame_pixels() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut files = Vec::new();
+        for dir in ["jpeg", "images"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "jpg") {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        let mut streamed = 0;
+        for p in &files {
+            let bytes = std::fs::read(p).unwrap();
+            let whole = decode_coefficients(&bytes, u64::MAX).and_then(|f| pixels::to_pixels(&f));
+            for band in [1, 2, 3, pixels::STREAM_IMCU_ROWS] {
+                let got = markers::read_with_band(&bytes, u64::MAX, markers::Until::Pixels, band)
+                    .and_then(|mut f| match f.streamed.take() {
+                        Some(d) => {
+                            streamed += 1;
+                            assert!(f
+                                .components
+                                .iter()
+                                .all(|c| { c.coefs.len() <= (band + 2) * c.v * c.blocks_w }));
+                            Ok(d)
+                        }
+                        None => pixels::to_pixels(&f),
+                    });
+                match (&whole, &got) {
+                    (Ok(a), Ok(b)) => assert!(a == b, "{} band {band}: pixels differ", p.display()),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!(
+                        "{} band {band}: {:?} vs {:?}",
+                        p.display(),
+                        whole.is_ok(),
+                        got.is_ok()
+                    ),
+                }
+            }
+        }
+        // Most fixtures are single-scan sequential files, decoded band by band.
+        assert!(streamed > 4 * 100, "only {streamed} streamed decodes");
     }
 }

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::huffman::ScanDecoder;
 use super::idct::{self, DcWindow};
 use super::upsample::{self, Method, Plane};
 use super::{color, simd, ColorSpace, Component, Decoded, Frame, JpegError, JpegResult, Mode};
@@ -14,6 +15,10 @@ use super::{color, simd, ColorSpace, Component, Decoded, Frame, JpegError, JpegR
 /// iMCU rows a parallel task converts (a band: its block rows stay in cache from the IDCT
 /// to the colour conversion; the fancy filters' context block rows are transformed twice).
 const BAND_IMCU_ROWS: usize = 8;
+
+/// iMCU rows a band of a streamed decode ([`stream_bands`]) makes at a time: its window holds
+/// two more.
+pub(super) const STREAM_IMCU_ROWS: usize = 8;
 
 /// What libjpeg remembers of an unfinished progressive decode (a scan cut short by a marker
 /// or the end of data, `insufficient_data`), which decides block smoothing below the last
@@ -77,135 +82,270 @@ pub(super) fn to_pixels(frame: &Frame) -> JpegResult<Decoded> {
 /// [`to_pixels`], with what libjpeg remembers of the scans when the data ran short (block
 /// smoothing then uses the previous `coef_bits` below the last good iMCU row).
 pub(super) fn to_pixels_with(frame: &Frame, progress: Option<&Progress>) -> JpegResult<Decoded> {
-    let (mode, ncomp) = match frame.color_space {
-        ColorSpace::Gray => (Mode::L, 1),
-        ColorSpace::YCbCr | ColorSpace::Rgb => (Mode::Rgb, 3),
-        ColorSpace::Cmyk | ColorSpace::Ycck => (Mode::Cmyk, 4),
-    };
-    if frame.components.len() != ncomp {
-        return Err(JpegError::Unsupported(format!(
-            "{} components for colour space {:?}",
-            frame.components.len(),
-            frame.color_space
-        )));
-    }
-    if frame.precision != 8 {
-        return Err(JpegError::Unsupported(format!(
-            "{}-bit samples",
-            frame.precision
-        )));
-    }
-    let (width, height) = (frame.width, frame.height);
-    if width == 0 || height == 0 || frame.max_h == 0 || frame.max_v == 0 {
-        return Err(JpegError::Malformed(format!(
-            "empty image ({width}x{height}, sampling {}x{})",
-            frame.max_h, frame.max_v
-        )));
-    }
-    let methods = frame
-        .components
-        .iter()
-        .map(|c| Method::choose(c.h, c.v, frame.max_h, frame.max_v, c.downsampled_width))
-        .collect::<JpegResult<Vec<_>>>()?;
-    for c in &frame.components {
-        check_component(frame, c)?;
-    }
-
-    let smooth = frame.progressive && {
-        let q: Vec<&[u16; 64]> = frame.components.iter().map(|c| &c.quant).collect();
-        let cb: Vec<&[i32; 64]> = frame.components.iter().map(|c| &c.coef_bits).collect();
-        idct::smoothing_ok(&q, &cb)
-    };
-    let total_imcu_rows = height.div_ceil(8 * frame.max_v);
-    // Bands of iMCU rows: each task transforms the block rows its output rows need (plus
-    // the context rows of the fancy vertical filters) into buffers it reuses, then
-    // upsamples and converts its rows.
-    let band_out_rows = 8 * frame.max_v * BAND_IMCU_ROWS;
-    let bpp = ncomp;
-    let mut data = vec![0u8; width * height * bpp];
-    let space = frame.color_space;
-    let comps = &frame.components;
-    data.par_chunks_mut(width * bpp * band_out_rows)
-        .enumerate()
-        .for_each_init(
-            || {
-                (
-                    vec![Vec::new(); ncomp],
-                    vec![vec![0u8; width]; ncomp],
-                    Vec::new(),
-                )
-            },
-            |(bufs, rows, scratch), (band, chunk)| {
-                let y0 = band * band_out_rows;
-                let y1 = y0 + chunk.len() / (width * bpp);
-                let mut planes = Vec::with_capacity(ncomp);
-                for (ci, ((c, m), buf)) in
-                    comps.iter().zip(&methods).zip(bufs.iter_mut()).enumerate()
-                {
-                    let vf = m.v_factor();
-                    let ctx = usize::from(matches!(m, Method::H1V2Fancy | Method::H2V2Fancy));
-                    let s0 = (y0 / vf).saturating_sub(ctx);
-                    let s1 = ((y1 - 1) / vf + 1 + ctx).min(c.downsampled_height);
-                    let (b0, b1) = (s0 / 8, s1.div_ceil(8));
-                    let stride = c.width_in_blocks * 8;
-                    buf.resize(stride * 8 * (b1 - b0), 0);
-                    let sm = smooth.then(|| Smoothing {
-                        total_imcu_rows,
-                        prev: progress.map(|p| (p, ci)),
-                    });
-                    idct_rows(c, b0, b1, sm.as_ref(), buf);
-                    planes.push(Plane {
-                        data: &buf[..],
-                        stride,
-                        width: c.downsampled_width,
-                        height: c.downsampled_height,
-                        row0: b0 * 8,
-                    });
-                }
-                for (i, out) in chunk.chunks_exact_mut(width * bpp).enumerate() {
-                    let y = y0 + i;
-                    for ((m, p), r) in methods.iter().zip(&planes).zip(rows.iter_mut()) {
-                        if *m != Method::Full {
-                            upsample::row(*m, p, y, r, scratch);
-                        }
-                    }
-                    // Full-size components are read in place.
-                    let mut src: [&[u8]; 4] = [&[]; 4];
-                    for (((s, m), p), r) in
-                        src.iter_mut().zip(&methods).zip(&planes).zip(rows.iter())
-                    {
-                        *s = if *m == Method::Full {
-                            p.full_row(y, width)
-                        } else {
-                            r
-                        };
-                    }
-                    let rows = &src;
-                    match space {
-                        ColorSpace::YCbCr => simd::ycc_to_rgb_row(rows[0], rows[1], rows[2], out),
-                        ColorSpace::Ycck => color::ycck_to_cmyk_inverted_row(
-                            rows[0], rows[1], rows[2], rows[3], out,
-                        ),
-                        ColorSpace::Gray => out.copy_from_slice(rows[0]),
-                        ColorSpace::Rgb => {
-                            color::interleave_row(&[rows[0], rows[1], rows[2]], out, false)
-                        }
-                        ColorSpace::Cmyk => {
-                            color::interleave_row(&[rows[0], rows[1], rows[2], rows[3]], out, true)
-                        }
-                    }
-                }
-            },
-        );
-    Ok(Decoded {
-        width,
-        height,
-        mode,
-        data,
-    })
+    let plan = PixelPlan::new(frame)?;
+    let mut data = plan.alloc(frame);
+    plan.fill(frame, progress, 0, &mut data, BAND_IMCU_ROWS)?;
+    Ok(plan.decoded(frame, data))
 }
 
-/// Checks the geometry fields the pixel stage indexes with against the coefficients held.
+/// Decodes the single scan of a sequential file and its pixels together, band by band as
+/// libjpeg does (`jdcoefct.c` without a whole-image buffer): the scan's MCU rows for
+/// [`STREAM_IMCU_ROWS`] iMCU rows (and one more, the context of the fancy vertical filters)
+/// go into a window of coefficients ([`Component::coef_row0`]), whose output rows are then
+/// made; the window slides on. The same pixels as [`to_pixels`] on the whole frame, without
+/// holding every coefficient.
+///
+/// `band`: the iMCU rows a band makes, [`STREAM_IMCU_ROWS`] in use (tests use small bands to
+/// slide the window often).
+pub(super) fn stream_bands(
+    frame: &mut Frame,
+    dec: &mut ScanDecoder<'_, '_>,
+    band: usize,
+) -> JpegResult<Decoded> {
+    let band = band.max(1);
+    for c in &mut frame.components {
+        c.coefs = Vec::new();
+        c.coef_row0 = 0;
+    }
+    let plan = PixelPlan::new(frame)?;
+    let mut data = plan.alloc(frame);
+    let total = plan.total_imcu_rows;
+    let windows: Vec<usize> = frame
+        .components
+        .iter()
+        .map(|c| (band + 2) * c.v * c.blocks_w)
+        .collect();
+    for (c, &n) in frame.components.iter_mut().zip(&windows) {
+        c.coefs = vec![[0; 64]; n];
+    }
+    let row_bytes = frame.width * plan.bpp;
+    let imcu_px = 8 * frame.max_v;
+    let chunk = band.div_ceil(rayon::current_num_threads().max(1));
+    let mut k0 = 0;
+    while k0 < total {
+        let k1 = (k0 + band).min(total);
+        // Slide the window to start one iMCU row above the band (the filters' context).
+        for c in &mut frame.components {
+            let row0 = k0.saturating_sub(1) * c.v;
+            let shift = (row0 - c.coef_row0) * c.blocks_w;
+            if shift > 0 {
+                let n = c.coefs.len();
+                if shift < n {
+                    c.coefs.copy_within(shift.., 0);
+                }
+                c.coefs[n - shift.min(n)..].fill([0; 64]);
+                c.coef_row0 = row0;
+            }
+        }
+        dec.decode_rows(frame, dec.mcu_rows_of_imcu_rows((k1 + 1).min(total)))?;
+        let (y0, y1) = (k0 * imcu_px, (k1 * imcu_px).min(frame.height));
+        let Some(out) = data.get_mut(y0 * row_bytes..y1 * row_bytes) else {
+            return Err(JpegError::Malformed("output rows outside the image".into()));
+        };
+        plan.fill(frame, None, y0, out, chunk)?;
+        k0 = k1;
+    }
+    Ok(plan.decoded(frame, data))
+}
+
+/// What the pixel stage works out once for a frame: PIL's mode, each component's
+/// upsampling method, and whether progressive blocks are smoothed.
+pub(super) struct PixelPlan {
+    /// PIL's mode.
+    mode: Mode,
+    /// Samples a pixel (1, 3 or 4).
+    bpp: usize,
+    /// Each component's upsampling.
+    methods: Vec<Method>,
+    /// Block smoothing (`jdcoefct.c`) applies.
+    smooth: bool,
+    /// libjpeg's `total_iMCU_rows`.
+    total_imcu_rows: usize,
+}
+
+impl PixelPlan {
+    /// Checks that `frame` is one the pixel stage handles (colour space, precision,
+    /// geometry) and chooses how it is converted.
+    pub(super) fn new(frame: &Frame) -> JpegResult<Self> {
+        let (mode, ncomp) = match frame.color_space {
+            ColorSpace::Gray => (Mode::L, 1),
+            ColorSpace::YCbCr | ColorSpace::Rgb => (Mode::Rgb, 3),
+            ColorSpace::Cmyk | ColorSpace::Ycck => (Mode::Cmyk, 4),
+        };
+        if frame.components.len() != ncomp {
+            return Err(JpegError::Unsupported(format!(
+                "{} components for colour space {:?}",
+                frame.components.len(),
+                frame.color_space
+            )));
+        }
+        if frame.precision != 8 {
+            return Err(JpegError::Unsupported(format!(
+                "{}-bit samples",
+                frame.precision
+            )));
+        }
+        let (width, height) = (frame.width, frame.height);
+        if width == 0 || height == 0 || frame.max_h == 0 || frame.max_v == 0 {
+            return Err(JpegError::Malformed(format!(
+                "empty image ({width}x{height}, sampling {}x{})",
+                frame.max_h, frame.max_v
+            )));
+        }
+        let methods = frame
+            .components
+            .iter()
+            .map(|c| Method::choose(c.h, c.v, frame.max_h, frame.max_v, c.downsampled_width))
+            .collect::<JpegResult<Vec<_>>>()?;
+        for c in &frame.components {
+            check_component(frame, c)?;
+        }
+        let smooth = frame.progressive && {
+            let q: Vec<&[u16; 64]> = frame.components.iter().map(|c| &c.quant).collect();
+            let cb: Vec<&[i32; 64]> = frame.components.iter().map(|c| &c.coef_bits).collect();
+            idct::smoothing_ok(&q, &cb)
+        };
+        Ok(Self {
+            mode,
+            bpp: ncomp,
+            methods,
+            smooth,
+            total_imcu_rows: height.div_ceil(8 * frame.max_v),
+        })
+    }
+
+    /// The zeroed output buffer of the whole image.
+    pub(super) fn alloc(&self, frame: &Frame) -> Vec<u8> {
+        vec![0u8; frame.width * frame.height * self.bpp]
+    }
+
+    /// Wraps the filled output buffer.
+    pub(super) fn decoded(&self, frame: &Frame, data: Vec<u8>) -> Decoded {
+        Decoded {
+            width: frame.width,
+            height: frame.height,
+            mode: self.mode,
+            data,
+        }
+    }
+
+    /// Output rows from `y0` on, as many as `out` holds (whole rows of the image): IDCT,
+    /// upsampling and colour conversion, in parallel bands of rows. Every component's
+    /// coefficients must hold the block rows these output rows need (the context rows of
+    /// the fancy vertical filters included).
+    pub(super) fn fill(
+        &self,
+        frame: &Frame,
+        progress: Option<&Progress>,
+        y0: usize,
+        out: &mut [u8],
+        band_imcu_rows: usize,
+    ) -> JpegResult<()> {
+        let width = frame.width;
+        let bpp = self.bpp;
+        let ncomp = bpp;
+        let methods = &self.methods;
+        let smooth = self.smooth;
+        let total_imcu_rows = self.total_imcu_rows;
+        // Bands of iMCU rows: each task transforms the block rows its output rows need (plus
+        // the context rows of the fancy vertical filters) into buffers it reuses, then
+        // upsamples and converts its rows.
+        let band_out_rows = 8 * frame.max_v * band_imcu_rows.max(1);
+        let space = frame.color_space;
+        let comps = &frame.components;
+        let start = y0;
+        out.par_chunks_mut(width * bpp * band_out_rows)
+            .enumerate()
+            .try_for_each_init(
+                || {
+                    (
+                        vec![Vec::new(); ncomp],
+                        vec![vec![0u8; width]; ncomp],
+                        Vec::new(),
+                    )
+                },
+                |(bufs, rows, scratch), (band, chunk)| -> JpegResult<()> {
+                    let y0 = start + band * band_out_rows;
+                    let y1 = y0 + chunk.len() / (width * bpp);
+                    let mut planes = Vec::with_capacity(ncomp);
+                    for (ci, ((c, m), buf)) in
+                        comps.iter().zip(methods).zip(bufs.iter_mut()).enumerate()
+                    {
+                        let vf = m.v_factor();
+                        let ctx = usize::from(matches!(m, Method::H1V2Fancy | Method::H2V2Fancy));
+                        let s0 = (y0 / vf).saturating_sub(ctx);
+                        let s1 = ((y1 - 1) / vf + 1 + ctx).min(c.downsampled_height);
+                        let (b0, b1) = (s0 / 8, s1.div_ceil(8));
+                        let held = c.coefs.len() / c.blocks_w.max(1);
+                        if b0 < c.coef_row0
+                            || b1 > c.coef_row0 + held
+                            || (smooth && (c.coef_row0 != 0 || held != c.blocks_h))
+                        {
+                            return Err(JpegError::Malformed(format!(
+                                "component {}: block rows {b0}..{b1} are not held",
+                                c.id
+                            )));
+                        }
+                        let stride = c.width_in_blocks * 8;
+                        buf.resize(stride * 8 * (b1 - b0), 0);
+                        let sm = smooth.then(|| Smoothing {
+                            total_imcu_rows,
+                            prev: progress.map(|p| (p, ci)),
+                        });
+                        idct_rows(c, b0, b1, sm.as_ref(), buf);
+                        planes.push(Plane {
+                            data: &buf[..],
+                            stride,
+                            width: c.downsampled_width,
+                            height: c.downsampled_height,
+                            row0: b0 * 8,
+                        });
+                    }
+                    for (i, out) in chunk.chunks_exact_mut(width * bpp).enumerate() {
+                        let y = y0 + i;
+                        for ((m, p), r) in methods.iter().zip(&planes).zip(rows.iter_mut()) {
+                            if *m != Method::Full {
+                                upsample::row(*m, p, y, r, scratch);
+                            }
+                        }
+                        // Full-size components are read in place.
+                        let mut src: [&[u8]; 4] = [&[]; 4];
+                        for (((s, m), p), r) in
+                            src.iter_mut().zip(methods).zip(&planes).zip(rows.iter())
+                        {
+                            *s = if *m == Method::Full {
+                                p.full_row(y, width)
+                            } else {
+                                r
+                            };
+                        }
+                        let rows = &src;
+                        match space {
+                            ColorSpace::YCbCr => {
+                                simd::ycc_to_rgb_row(rows[0], rows[1], rows[2], out)
+                            }
+                            ColorSpace::Ycck => color::ycck_to_cmyk_inverted_row(
+                                rows[0], rows[1], rows[2], rows[3], out,
+                            ),
+                            ColorSpace::Gray => out.copy_from_slice(rows[0]),
+                            ColorSpace::Rgb => {
+                                color::interleave_row(&[rows[0], rows[1], rows[2]], out, false)
+                            }
+                            ColorSpace::Cmyk => color::interleave_row(
+                                &[rows[0], rows[1], rows[2], rows[3]],
+                                out,
+                                true,
+                            ),
+                        }
+                    }
+                    Ok(())
+                },
+            )
+    }
+}
+
+/// Checks the geometry fields the pixel stage indexes with against the coefficients held
+/// (whole block rows, within the component).
 fn check_component(f: &Frame, c: &Component) -> JpegResult<()> {
     let ok = c.h > 0
         && c.v > 0
@@ -215,13 +355,12 @@ fn check_component(f: &Frame, c: &Component) -> JpegResult<()> {
         && c.height_in_blocks == c.downsampled_height.div_ceil(8)
         && c.width_in_blocks <= c.blocks_w
         && c.height_in_blocks <= c.blocks_h
-        && c.coefs.len() == c.blocks_w * c.blocks_h
+        && c.blocks_w > 0
+        && c.coefs.len().is_multiple_of(c.blocks_w)
         && c.downsampled_width <= c.width_in_blocks * 8
         && c.downsampled_height <= c.height_in_blocks * 8
         && c.downsampled_width > 0
-        && c.downsampled_height > 0
-        && c.h > 0
-        && c.v > 0;
+        && c.downsampled_height > 0;
     if ok {
         Ok(())
     } else {
@@ -247,7 +386,8 @@ fn idct_rows(c: &Component, b0: usize, b1: usize, smooth: Option<&Smoothing<'_>>
     let stride = c.width_in_blocks * 8;
     let mult = idct::mult_table(&c.quant);
     for (band, by) in out.chunks_exact_mut(stride * 8).zip(b0..b1) {
-        let row = &c.coefs[by * c.blocks_w..by * c.blocks_w + c.width_in_blocks];
+        let at = (by - c.coef_row0) * c.blocks_w;
+        let row = &c.coefs[at..at + c.width_in_blocks];
         if let Some(sm) = smooth {
             let rows = smoothing_rows(c, by, sm.total_imcu_rows);
             // Below the last good iMCU row libjpeg latches the previous scan's `coef_bits`
@@ -371,6 +511,7 @@ mod tests {
                     blocks_w: bw,
                     blocks_h: bh,
                     coefs: vec![[0; 64]; bw * bh],
+                    coef_row0: 0,
                     coef_bits: [0; 64],
                 }
             })
@@ -388,6 +529,7 @@ mod tests {
             adobe: false,
             exif: None,
             progress: Progress::default(),
+            streamed: None,
         }
     }
 
