@@ -24,6 +24,8 @@
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::packed::{matmul_packed, PackedB, PackedRef, NR};
+
 /// Calls `f` with the elements of `t` when it is a contiguous f32 tensor in CPU memory.
 fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if t.dtype() != DType::F32 || !t.device().is_cpu() || !t.is_contiguous() {
@@ -387,9 +389,76 @@ fn matmul_rows(xs: &[f32], ws: &[f32], n: usize, k: usize, m: usize) -> Vec<f32>
     out
 }
 
+/// `x · B` for `x` `n x k` (row-major) and `B` packed at load (`k x m`, see
+/// [`super::packed::PackedB`]) with the crate's AVX-512 / AVX2 kernels, on every thread, then
+/// `epilogue(first_row, rows)` over the output. Enough rows: parallel chunks of rows (a
+/// multiple of the kernel's 12), each chunk's epilogue run while it is in cache. Few rows (the
+/// last stage at small batches): parallel groups of 32-column panels into buffers of their own,
+/// assembled, then the epilogue in parallel chunks. Each output is the same sum whatever the
+/// split (the kernels sum over `k` in order), so the split does not change the bits.
+fn matmul_rows_packed(
+    xs: &[f32],
+    n: usize,
+    b: PackedRef<'_>,
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let (k, m) = (b.k, b.n);
+    let mut out = vec![0f32; n * m];
+    let threads = rayon::current_num_threads().max(1);
+    if n >= 12 * 4 * threads {
+        let rows = (n / (4 * threads)).div_ceil(12) * 12;
+        out.par_chunks_mut(rows * m)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let r0 = i * rows;
+                let nr = chunk.len() / m;
+                matmul_packed(nr, &xs[r0 * k..], k, b, chunk, m, false, None);
+                epilogue(r0, chunk);
+            });
+    } else {
+        let panels = m / NR;
+        let per = panels.div_ceil(2 * threads).max(1);
+        let parts: Vec<(usize, Vec<f32>)> = (0..panels.div_ceil(per))
+            .into_par_iter()
+            .map(|g| {
+                let (p0, p1) = (g * per, ((g + 1) * per).min(panels));
+                let w = (p1 - p0) * NR;
+                let sub = PackedRef {
+                    k,
+                    n: w,
+                    layout: b.layout,
+                    data: &b.data[p0 * k * NR..p1 * k * NR],
+                };
+                let mut buf = vec![0f32; n * w];
+                matmul_packed(n, xs, k, sub, &mut buf, w, false, None);
+                (p0 * NR, buf)
+            })
+            .collect();
+        for (c0, buf) in parts {
+            let w = buf.len() / n.max(1);
+            for (dst, src) in out.chunks_exact_mut(m).zip(buf.chunks_exact(w)) {
+                dst[c0..c0 + w].copy_from_slice(src);
+            }
+        }
+        let c = chunk_rows(n);
+        out.par_chunks_mut(c * m)
+            .enumerate()
+            .for_each(|(i, chunk)| epilogue(i * c, chunk));
+    }
+    out
+}
+
 /// Rows per parallel chunk of an elementwise pass over `n` rows.
 fn chunk_rows(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1)
+}
+
+/// `packed` when it holds a `k x m` matrix and its kernels can run now (AVX2 + FMA or
+/// AVX-512 allowed by `FASTAI_INFER_SIMD`).
+fn usable(packed: Option<&PackedB>, k: usize, m: usize) -> Option<PackedRef<'_>> {
+    packed
+        .filter(|p| p.dims() == (k, m) && super::packed::available())
+        .map(PackedB::view)
 }
 
 /// The sizes of `x · weight_t` when `x` `(.., k)` and `weight_t` `(k, m)` fit: `(n, k, m)` and
@@ -419,17 +488,22 @@ fn linear_dims(
 pub(crate) fn linear_bias_gelu(
     x: &Tensor,
     weight_t: &Tensor,
+    packed: Option<&PackedB>,
     bias: &Tensor,
 ) -> Option<candle_core::Result<Tensor>> {
     let (n, k, m, shape) = linear_dims(x, weight_t, bias)?;
+    let packed = usable(packed, k, m);
     let out = with_host(x, |xs| {
-        with_host(weight_t, |ws| {
-            with_host(bias, |bs| {
+        with_host(bias, |bs| match packed {
+            Some(p) => Some(matmul_rows_packed(xs, n, p, |_, chunk| {
+                super::kernels::bias_gelu_rows(chunk, bs)
+            })),
+            None => with_host(weight_t, |ws| {
                 let mut out = matmul_rows(xs, ws, n, k, m);
                 out.par_chunks_mut(chunk_rows(n) * m)
                     .for_each(|chunk| super::kernels::bias_gelu_rows(chunk, bs));
                 out
-            })
+            }),
         })
     })
     .flatten()
@@ -441,9 +515,11 @@ pub(crate) fn linear_bias_gelu(
 /// that order of operations), for contiguous f32 CPU tensors, `residual` of the output's
 /// element count; without `gamma`, `residual + (x · weight_t + bias)`. `None` when it does not
 /// apply.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_bias_scale_add(
     x: &Tensor,
     weight_t: &Tensor,
+    packed: Option<&PackedB>,
     bias: &Tensor,
     gamma: Option<&Tensor>,
     residual: &Tensor,
@@ -452,42 +528,45 @@ pub(crate) fn linear_bias_scale_add(
     if residual.elem_count() != n * m || gamma.is_some_and(|g| g.elem_count() != m) {
         return None;
     }
-    let pass = |out: &mut Vec<f32>, bs: &[f32], gs: Option<&[f32]>, rs: &[f32]| {
-        let c = chunk_rows(n) * m;
-        out.par_chunks_mut(c)
-            .zip(rs.par_chunks(c))
-            .for_each(|(o, r)| {
-                for (ro, rr) in o.chunks_exact_mut(m).zip(r.chunks_exact(m)) {
-                    match gs {
-                        Some(g) => {
-                            for (((y, &b), &g), &x) in ro.iter_mut().zip(bs).zip(g).zip(rr) {
-                                *y = (*y + b) * g + x;
-                            }
-                        }
-                        None => {
-                            for ((y, &b), &x) in ro.iter_mut().zip(bs).zip(rr) {
-                                *y = (*y + b) + x;
-                            }
-                        }
+    let packed = usable(packed, k, m);
+    // The epilogue on the rows from `r0` on, `o` holding the products.
+    let rows = |o: &mut [f32], r: &[f32], bs: &[f32], gs: Option<&[f32]>| {
+        for (ro, rr) in o.chunks_exact_mut(m).zip(r.chunks_exact(m)) {
+            match gs {
+                Some(g) => {
+                    for (((y, &b), &g), &x) in ro.iter_mut().zip(bs).zip(g).zip(rr) {
+                        *y = (*y + b) * g + x;
                     }
                 }
-            });
+                None => {
+                    for ((y, &b), &x) in ro.iter_mut().zip(bs).zip(rr) {
+                        *y = (*y + b) + x;
+                    }
+                }
+            }
+        }
+    };
+    let run = |xs: &[f32], bs: &[f32], gs: Option<&[f32]>, rs: &[f32]| match packed {
+        Some(p) => Some(matmul_rows_packed(xs, n, p, |r0, o| {
+            rows(o, &rs[r0 * m..], bs, gs)
+        })),
+        None => with_host(weight_t, |ws| {
+            let mut out = matmul_rows(xs, ws, n, k, m);
+            let c = chunk_rows(n) * m;
+            out.par_chunks_mut(c)
+                .zip(rs.par_chunks(c))
+                .for_each(|(o, r)| rows(o, r, bs, gs));
+            out
+        }),
     };
     let out = with_host(x, |xs| {
-        with_host(weight_t, |ws| {
-            with_host(bias, |bs| {
-                with_host(residual, |rs| {
-                    let mut out = matmul_rows(xs, ws, n, k, m);
-                    match gamma {
-                        Some(g) => with_host(g, |gs| pass(&mut out, bs, Some(gs), rs))?,
-                        None => pass(&mut out, bs, None, rs),
-                    }
-                    Some(out)
-                })
+        with_host(bias, |bs| {
+            with_host(residual, |rs| match gamma {
+                Some(g) => with_host(g, |gs| run(xs, bs, Some(gs), rs)).flatten(),
+                None => run(xs, bs, None, rs),
             })
         })
     })
-    .flatten()
     .flatten()
     .flatten()
     .flatten()?;
@@ -583,12 +662,30 @@ mod tests {
         }
     }
 
+    /// The weight `w` (`k x m`) packed in each layout this CPU's kernels run, and not packed.
+    fn packings(w: &Tensor) -> Vec<Option<PackedB>> {
+        let (k, m) = w.dims2().unwrap();
+        let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut v = vec![None];
+        for layout in [
+            super::super::packed::Layout::Rows32,
+            super::super::packed::Layout::Halves16,
+        ] {
+            if let Some(p) = PackedB::with_layout(&ws, k, m, layout) {
+                v.push(Some(p));
+            }
+        }
+        v
+    }
+
     /// `fc1` + GELU against candle's `broadcast_matmul`, bias and `gelu_erf`, on ConvNeXt
-    /// tiny's first-stage shape (3136 rows of 96 to 384) and an odd one.
+    /// tiny's first-stage shape (3136 rows of 96 to 384), its last stage at batch 1 (49 rows of
+    /// 768 to 3072: the panel split), a small one and an odd one (not packed: 3 columns), with
+    /// the weight packed in each layout and not packed.
     #[test]
     fn linear_bias_gelu_matches_candle() {
         let dev = Device::Cpu;
-        for (n, k, m) in [(3136, 96, 384), (7, 5, 3)] {
+        for (n, k, m) in [(3136, 96, 384), (49, 768, 3072), (40, 64, 96), (7, 5, 3)] {
             let x = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let w = (Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap() * (1.0 / (k as f64).sqrt()))
                 .unwrap();
@@ -600,18 +697,21 @@ mod tests {
                 .unwrap()
                 .gelu_erf()
                 .unwrap();
-            let got = linear_bias_gelu(&x, &w, &b).unwrap().unwrap();
-            let d = rel_diff(&got, &want);
-            assert!(d <= 1e-5, "{n}x{k}x{m}: {d}");
+            for p in packings(&w) {
+                let got = linear_bias_gelu(&x, &w, p.as_ref(), &b).unwrap().unwrap();
+                let d = rel_diff(&got, &want);
+                assert!(d <= 1e-5, "{n}x{k}x{m} {:?}: {d}", p.map(|p| p.layout()));
+            }
         }
     }
 
     /// `fc2`, layer scale and shortcut against candle's ops, on ConvNeXt tiny's first-stage
-    /// shape and an odd one, with and without the scale.
+    /// and last-stage (batch 1) shapes, a small one and an odd one, with and without the
+    /// scale, the weight packed in each layout and not packed.
     #[test]
     fn linear_bias_scale_add_matches_candle() {
         let dev = Device::Cpu;
-        for (n, k, m) in [(3136, 384, 96), (7, 5, 3)] {
+        for (n, k, m) in [(3136, 384, 96), (49, 3072, 768), (40, 96, 64), (7, 5, 3)] {
             let x = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let w = (Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap() * (1.0 / (k as f64).sqrt()))
                 .unwrap();
@@ -625,13 +725,15 @@ mod tests {
                     None => y.clone(),
                 };
                 let want = (want.reshape((1, n, m)).unwrap() + &r).unwrap();
-                let got = linear_bias_scale_add(&x, &w, &b, gamma, &r)
-                    .unwrap()
-                    .unwrap()
-                    .reshape((1, n, m))
-                    .unwrap();
-                let d = rel_diff(&got, &want);
-                assert!(d <= 1e-5, "{n}x{k}x{m}: {d}");
+                for p in packings(&w) {
+                    let got = linear_bias_scale_add(&x, &w, p.as_ref(), &b, gamma, &r)
+                        .unwrap()
+                        .unwrap()
+                        .reshape((1, n, m))
+                        .unwrap();
+                    let d = rel_diff(&got, &want);
+                    assert!(d <= 1e-5, "{n}x{k}x{m} {:?}: {d}", p.map(|p| p.layout()));
+                }
             }
         }
     }
