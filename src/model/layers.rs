@@ -238,6 +238,22 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    /// This convolution packed for the channels-last path ([`super::cpu::nhwc`]), its input
+    /// stored with `stored_c` channels; `None` for grouped convolutions, off the CPU, or
+    /// without AVX2 + FMA.
+    pub(crate) fn packed_nhwc(&self, stored_c: usize) -> Option<super::cpu::nhwc::PackedConv> {
+        if self.groups != 1 {
+            return None;
+        }
+        super::cpu::nhwc::PackedConv::new(
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+            stored_c,
+        )
+    }
+
     /// `relu?(conv(x) + residual)`: on a CPU f32 input with groups 1, the fast path
     /// ([`super::cpu::conv`]: im2col and one blocked matrix product per image, the bias, the
     /// residual and the ReLU fused), else (or with `fast` false) candle's `conv2d` and one op

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cpu::nhwc::{self, padded_channels, Map, PackedConv};
 use super::layers::{BatchNorm, Conv2d};
 use super::{check, count_indexed, shape_of};
 use crate::error::{Error, Result};
@@ -369,9 +370,13 @@ impl Config {
 struct ConvBn {
     conv: Conv2d,
     bn: Option<BatchNorm>,
+    /// The folded convolution packed for the channels-last path, when it applies.
+    packed: Option<PackedConv>,
 }
 
-/// Loads `conv.weight` and `bn.*` for a square `kernel` with PyTorch's `padding = kernel / 2`.
+/// Loads `conv.weight` and `bn.*` for a square `kernel` with PyTorch's `padding = kernel / 2`;
+/// folded (`fold`), also packed for the channels-last path (`stem`: the convolution reading
+/// the network's input, whose channels are not padded).
 #[allow(clippy::too_many_arguments)]
 fn conv_bn(
     in_chans: usize,
@@ -383,6 +388,7 @@ fn conv_bn(
     conv: VarBuilder,
     bn: VarBuilder,
     fold: bool,
+    stem: bool,
 ) -> candle_core::Result<ConvBn> {
     let c = Conv2d::new(
         in_chans,
@@ -396,14 +402,23 @@ fn conv_bn(
     )?;
     let b = BatchNorm::new(out_chans, eps, bn)?;
     Ok(if fold {
+        let conv = c.with_batch_norm(&b)?;
+        // The network's input is stored as it comes; every other map padded to whole panels.
+        let stored = if stem {
+            in_chans
+        } else {
+            padded_channels(in_chans)
+        };
         ConvBn {
-            conv: c.with_batch_norm(&b)?,
+            packed: conv.packed_nhwc(stored),
+            conv,
             bn: None,
         }
     } else {
         ConvBn {
             conv: c,
             bn: Some(b),
+            packed: None,
         }
     })
 }
@@ -482,6 +497,7 @@ impl Block {
                 vb.pp("downsample").pp("0"),
                 vb.pp("downsample").pp("1"),
                 fold,
+                false,
             )?)
         } else {
             None
@@ -497,6 +513,7 @@ impl Block {
                 vb.pp(format!("conv{i}")),
                 vb.pp(format!("bn{i}")),
                 fold,
+                false,
             )
         };
         Ok(match cfg.block {
@@ -541,6 +558,51 @@ impl Block {
     }
 }
 
+impl Block {
+    /// Every convolution of the block, the shortcut's included.
+    fn convs(&self) -> Vec<&ConvBn> {
+        let (mut v, ds) = match self {
+            Block::Basic(b) => (vec![&b.conv1, &b.conv2], &b.downsample),
+            Block::Bottleneck(b) => (vec![&b.conv1, &b.conv2, &b.conv3], &b.downsample),
+        };
+        v.extend(ds.iter());
+        v
+    }
+
+    /// The block on the channels-last path ([`nhwc::conv`]): its output map and real
+    /// channels, or `None` if a convolution is not packed or a shape does not fit.
+    fn forward_nhwc(&self, x: &Map) -> Option<(Map, usize)> {
+        let downsample = match self {
+            Block::Basic(b) => &b.downsample,
+            Block::Bottleneck(b) => &b.downsample,
+        };
+        let own;
+        let shortcut = match downsample {
+            Some(d) => {
+                own = nhwc::conv(x, d.packed.as_ref()?, false, None)?;
+                &own
+            }
+            None => x,
+        };
+        let last = match self {
+            Block::Basic(b) => {
+                let y = nhwc::conv(x, b.conv1.packed.as_ref()?, true, None)?;
+                (y, &b.conv2)
+            }
+            Block::Bottleneck(b) => {
+                let y = nhwc::conv(x, b.conv1.packed.as_ref()?, true, None)?;
+                let y = nhwc::conv(&y, b.conv2.packed.as_ref()?, true, None)?;
+                (y, &b.conv3)
+            }
+        };
+        let pc = last.1.packed.as_ref()?;
+        Some((
+            nhwc::conv(&last.0, pc, true, Some(shortcut))?,
+            pc.out_channels(),
+        ))
+    }
+}
+
 /// The ResNet body: `conv1` + `bn1`, ReLU, 3x3 stride-2 max pool, then the stages; returns the
 /// last stage's feature map `(B, num_features, H / 32, W / 32)` (rounded up), which fastai's head
 /// pools.
@@ -551,6 +613,8 @@ pub struct ResNet {
     cfg: Config,
     /// Whether the convolutions take the CPU fast path where it applies.
     fast: bool,
+    /// Whether every convolution is packed for the channels-last path.
+    nhwc: bool,
 }
 
 impl ResNet {
@@ -575,6 +639,7 @@ impl ResNet {
             vb.pp(l.stem_conv()),
             vb.pp(l.stem_bn()),
             fold,
+            true,
         )?;
         let mut inplanes = cfg.stem_width;
         let mut layers = Vec::with_capacity(cfg.depths.len());
@@ -588,11 +653,17 @@ impl ResNet {
             }
             layers.push(blocks);
         }
+        let nhwc = conv1.packed.is_some()
+            && layers
+                .iter()
+                .flatten()
+                .all(|b| b.convs().iter().all(|c| c.packed.is_some()));
         Ok(ResNet {
             conv1,
             layers,
             cfg: cfg.clone(),
             fast: true,
+            nhwc,
         })
     }
 
@@ -607,6 +678,35 @@ impl ResNet {
     /// The architecture.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The body on the channels-last path (a CPU f32 input, every convolution packed):
+    /// the input copied channels-last once, then every convolution, the max pool and the
+    /// shortcuts on [`Map`]s, the last map copied back to `(B, C, H, W)`. `None` when it does
+    /// not apply.
+    fn forward_nhwc(&self, x: &Tensor) -> Option<candle_core::Result<Tensor>> {
+        let stem = self.conv1.packed.as_ref()?;
+        let (b, c, h, w) = x.dims4().ok()?;
+        if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+            return None;
+        }
+        let x = x.contiguous().ok()?;
+        let m =
+            super::cpu::with_host_slice(&x, |xs| Map::from_nchw(xs, (b, c, h, w), stem.padding()))?;
+        let y = nhwc::conv(&m, stem, true, None)?;
+        let mut m = nhwc::max_pool_3x3_s2(&y)?;
+        let mut ch = stem.out_channels();
+        for stage in &self.layers {
+            for block in stage {
+                (m, ch) = block.forward_nhwc(&m)?;
+            }
+        }
+        let out = m.to_nchw(ch);
+        Some(Tensor::from_vec(
+            out,
+            (b, ch, m.h, m.w),
+            &candle_core::Device::Cpu,
+        ))
     }
 }
 
@@ -638,6 +738,11 @@ impl Module for ResNet {
                 i += n;
             }
             return Tensor::cat(&parts, 0);
+        }
+        if self.fast && self.nhwc {
+            if let Some(y) = self.forward_nhwc(x) {
+                return y;
+            }
         }
         let stem = self.conv1.forward_fused(x, true, None, self.fast)?;
         let mut x = max_pool_3x3_s2_after_relu(&stem)?;

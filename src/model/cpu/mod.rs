@@ -17,6 +17,7 @@
 pub(crate) mod conv;
 pub(crate) mod kernels;
 mod matmul;
+pub(crate) mod nhwc;
 pub(crate) mod packed;
 mod team;
 
