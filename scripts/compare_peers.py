@@ -210,8 +210,9 @@ def decode_only(args):
     `RAYON_NUM_THREADS=1` and with the default pool) beside PIL
     (`Image.open(io.BytesIO(b)).convert('RGB')`, libjpeg-turbo with SIMD, one thread), on
     `grace_hopper.jpg` (512x600, 4:2:0 baseline, as shipped by matplotlib) and a 4032x3024
-    JPEG made from it (PIL bicubic upscale, quality 90, 4:2:0: a phone photo's size).
-    Interleaved rounds as for the other figures; medians of all iterations."""
+    JPEG made from it (PIL bicubic upscale, quality 90, 4:2:0: a phone photo's size), and
+    the same 4032x3024 image saved 4:4:4 and progressive 4:2:0 (the slowest layouts to
+    decode). Interleaved rounds as for the other figures; medians of all iterations."""
     import io
 
     from PIL import Image
@@ -219,8 +220,12 @@ def decode_only(args):
     tmp = Path(tempfile.mkdtemp(prefix="fastai-infer-decode-"))
     small = IMAGES / "grace_hopper.jpg"
     large = tmp / "grace_hopper_4032x3024.jpg"
-    Image.open(small).convert("RGB").resize((4032, 3024), Image.BICUBIC).save(
-        large, quality=90, subsampling="4:2:0")
+    big = Image.open(small).convert("RGB").resize((4032, 3024), Image.BICUBIC)
+    big.save(large, quality=90, subsampling="4:2:0")
+    large444 = tmp / "grace_hopper_4032x3024_444.jpg"
+    big.save(large444, quality=90, subsampling="4:4:4")
+    large_prog = tmp / "grace_hopper_4032x3024_progressive.jpg"
+    big.save(large_prog, quality=90, subsampling="4:2:0", progressive=True)
     subprocess.run(["cargo", "build", "-q", "--release", "--example", "decode_digest"],
                    cwd=ROOT, check=True)
     exe = ROOT / "target" / "release" / "examples" / "decode_digest"
@@ -238,10 +243,12 @@ def decode_only(args):
         return json.loads(out.splitlines()[0])["times_ms"]
 
     results = {}
-    for path, iters in ((small, args.iters * 5), (large, max(2, args.iters // 2))):
+    few = max(2, args.iters // 2)
+    for path, iters, layout in ((small, args.iters * 5, "4:2:0"), (large, few, "4:2:0"),
+                                (large444, few, "4:4:4"), (large_prog, few, "4:2:0 progressive")):
         data = path.read_bytes()
         im = Image.open(io.BytesIO(data))
-        key = f"{im.size[0]}x{im.size[1]}"
+        key = f"{im.size[0]}x{im.size[1]} {layout}"
         t = {"crate_1thread": [], "crate_default": [], "pil": []}
         for r in range(args.rounds):
             order = ["crate_1thread", "crate_default", "pil"]

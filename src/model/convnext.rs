@@ -441,10 +441,9 @@ impl Module for DepthwiseConv {
     }
 }
 
-/// The direct depthwise convolution: one task per output row; each output pixel sums its taps
-/// in `(ky, kx)` order, then adds the bias, [`DW_LANES`] channels at a time in registers
-/// (compiled for AVX2 where the CPU has it: separate multiplies and adds in a fixed order, so
-/// the bits do not depend on the instruction set).
+/// The direct depthwise convolution: one task per output row
+/// ([`crate::model::cpu::depthwise::depthwise_row`]: each output pixel sums its taps in
+/// `(ky, kx)` order, then adds the bias).
 fn depthwise_rows(
     src: &[f32],
     (b, h, w, c): (usize, usize, usize, usize),
@@ -456,66 +455,9 @@ fn depthwise_rows(
     out.par_chunks_mut(w * c)
         .enumerate()
         .for_each(|(row, dst)| {
-            crate::model::cpu::kernels::with_avx2(
-                #[inline(always)]
-                || depthwise_row(src, (h, w, c), weight, bias, k, row, dst),
-            )
+            crate::model::cpu::depthwise::depthwise_row(src, (h, w, c), weight, bias, k, row, dst)
         });
     out
-}
-
-/// Channels a [`depthwise_row`] step keeps in registers.
-const DW_LANES: usize = 32;
-
-/// Output row `row` (image `row / h`, line `row % h`) of [`depthwise_rows`].
-#[inline(always)]
-fn depthwise_row(
-    src: &[f32],
-    (h, w, c): (usize, usize, usize),
-    weight: &[f32],
-    bias: &[f32],
-    k: usize,
-    row: usize,
-    dst: &mut [f32],
-) {
-    let pad = k / 2;
-    let (img, y) = (row / h, row % h);
-    let plane = &src[img * h * w * c..(img + 1) * h * w * c];
-    let ys = y.saturating_sub(pad)..(y + k - pad).min(h);
-    for x in 0..w {
-        let xs = x.saturating_sub(pad)..(x + k - pad).min(w);
-        let out = &mut dst[x * c..(x + 1) * c];
-        let mut c0 = 0;
-        while c0 < c {
-            let n = DW_LANES.min(c - c0);
-            let mut acc = [0f32; DW_LANES];
-            for iy in ys.clone() {
-                let ky = iy + pad - y;
-                for ix in xs.clone() {
-                    let kx = ix + pad - x;
-                    let t = (ky * k + kx) * c + c0;
-                    let p = (iy * w + ix) * c + c0;
-                    let (tap, px) = (&weight[t..t + n], &plane[p..p + n]);
-                    if let (Ok(tap), Ok(px)) = (
-                        <&[f32; DW_LANES]>::try_from(tap),
-                        <&[f32; DW_LANES]>::try_from(px),
-                    ) {
-                        for i in 0..DW_LANES {
-                            acc[i] += tap[i] * px[i];
-                        }
-                    } else {
-                        for i in 0..n {
-                            acc[i] += tap[i] * px[i];
-                        }
-                    }
-                }
-            }
-            for ((o, a), &bv) in out[c0..c0 + n].iter_mut().zip(&acc).zip(&bias[c0..c0 + n]) {
-                *o = a + bv;
-            }
-            c0 += n;
-        }
-    }
 }
 
 /// timm's `Mlp` (or `ConvMlp` with 1x1 convolutions): `fc1`, exact GELU, `fc2`.

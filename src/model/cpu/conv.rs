@@ -392,7 +392,8 @@ fn matmul_rows(xs: &[f32], ws: &[f32], n: usize, k: usize, m: usize) -> Vec<f32>
 /// `x · B` for `x` `n x k` (row-major) and `B` packed at load (`k x m`, see
 /// [`super::packed::PackedB`]) with the crate's AVX-512 / AVX2 kernels, on every thread, then
 /// `epilogue(first_row, rows)` over the output. Enough rows: parallel chunks of rows (a
-/// multiple of the kernel's 12), each chunk's epilogue run while it is in cache. Few rows (the
+/// multiple of the kernel's 12, about 1 MB of output each), each chunk's epilogue run while
+/// it is in cache. Few rows (the
 /// last stage at small batches): parallel groups of 32-column panels into buffers of their own,
 /// assembled, then the epilogue in parallel chunks. Each output is the same sum whatever the
 /// split (the kernels sum over `k` in order), so the split does not change the bits.
@@ -406,7 +407,10 @@ fn matmul_rows_packed(
     let mut out = vec![0f32; n * m];
     let threads = rayon::current_num_threads().max(1);
     if n >= 12 * 4 * threads {
-        let rows = (n / (4 * threads)).div_ceil(12) * 12;
+        // As few chunks as keep each one's output near 1 MB (in cache for its epilogue), at
+        // least one a thread, at most four: every chunk reads the whole weight.
+        let chunks = (n * m * 4).div_ceil(1 << 20).clamp(threads, 4 * threads);
+        let rows = n.div_ceil(chunks).div_ceil(12) * 12;
         out.par_chunks_mut(rows * m)
             .enumerate()
             .for_each(|(i, chunk)| {

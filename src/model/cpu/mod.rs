@@ -15,6 +15,7 @@
 //! class tokens only, the one row per image the pooled output reads.
 
 pub(crate) mod conv;
+pub(crate) mod depthwise;
 pub(crate) mod kernels;
 mod matmul;
 pub(crate) mod nhwc;
