@@ -499,6 +499,9 @@ FUZZ_SEEDS = [
     "src_base.jpg", "src_prog.jpg", "cj_arith_420.jpg", "cj_arith_444_prog.jpg",
     "cj_rst_1b.jpg", "cj_scans_sa.jpg", "cj_411_q30.jpg", "cj_mixed_3x2_prog.jpg",
     "ycck_q30.jpg", "pil_gray_prog.jpg", "size_7x9.jpg", "qt_16bit.jpg",
+    "bad_rst_wrong.jpg", "bad_trunc60_prog.jpg", "cj_scans_sequential_split.jpg",
+    "cj_scans_dc_separate.jpg", "odd_no_dht.jpg", "cj_arith_rst.jpg", "cj_h2v4_q30.jpg",
+    "cj_mixed_2x1_1x2.jpg", "cj_rst_row1.jpg", "cj_scans_deep_sa.jpg",
 ]
 
 

@@ -52,8 +52,11 @@ impl Map {
     /// A map of zeros.
     fn zeros(b: usize, h: usize, w: usize, c: usize, border: usize) -> Self {
         let len = b * (h + 2 * border) * (w + 2 * border) * c;
+        // Zeroed on every thread: a map is up to a few MB, zeroed for every convolution.
+        let mut data = Vec::with_capacity(len);
+        data.par_extend(rayon::iter::repeat_n(0f32, len));
         Map {
-            data: vec![0f32; len],
+            data,
             b,
             h,
             w,
@@ -269,12 +272,11 @@ pub(crate) fn conv(x: &Map, pc: &PackedConv, relu: bool, residual: Option<&Map>)
     let want = if threads == 1 { 1 } else { 4 * threads };
     let (wbytes, xbytes) = (k * k * c * op, x.data.len());
     let (row_chunks, panel_groups) = (1..=panels)
-        .map(|g| (want.div_ceil(g).clamp(1, rows), g))
+        .map(|g| (want.div_ceil(g).clamp(1, rows.max(1)), g))
         .min_by_key(|&(r, g)| r * wbytes + g * xbytes)
         .unwrap_or((1, 1));
-    let per_rows = rows.div_ceil(row_chunks);
-    let per_panels = panels.div_ceil(panel_groups);
-    let ntasks = rows.div_ceil(per_rows) * panels.div_ceil(per_panels);
+    // Near-equal parts (28 rows in 8 chunks: 3 or 4 rows each, not 7 chunks of 4).
+    let ntasks = row_chunks * panel_groups;
     let ptr = Shared(out.data.as_mut_ptr());
     let out_len = out.data.len();
     let (orp, oir) = (out.row_pixels(), out.image_rows());
@@ -282,14 +284,9 @@ pub(crate) fn conv(x: &Map, pc: &PackedConv, relu: bool, residual: Option<&Map>)
     let res = residual.map(|r| &r.data[..]);
     let use512 = super::kernels::has_avx512();
     (0..ntasks).into_par_iter().for_each(|t| {
-        let (rc, pg) = (
-            t / panels.div_ceil(per_panels),
-            t % panels.div_ceil(per_panels),
-        );
-        let r0 = rc * per_rows;
-        let r1 = (r0 + per_rows).min(rows);
-        let p0 = pg * per_panels;
-        let p1 = (p0 + per_panels).min(panels);
+        let (rc, pg) = (t / panel_groups, t % panel_groups);
+        let (r0, r1) = (rc * rows / row_chunks, (rc + 1) * rows / row_chunks);
+        let (p0, p1) = (pg * panels / panel_groups, (pg + 1) * panels / panel_groups);
         let plen = k * k * c * NR;
         for p in p0..p1 {
             let panel = &pc.weight.view().data[p * plen..(p + 1) * plen];
@@ -303,50 +300,54 @@ pub(crate) fn conv(x: &Map, pc: &PackedConv, relu: bool, residual: Option<&Map>)
             };
             let panel_lines = if next.is_null() { 0 } else { plen / 16 };
             let mut pf_line = 0;
-            for r in r0..r1 {
-                let (i, y) = (r / oh, r % oh);
-                // Output row `y` of image `i`: pixels 1..=ow of stored row y + 1.
-                let orow = ((i * oir + y + 1) * orp + 1) * op + p * NR;
-                let irow = x.at(i, y * s + off, off);
-                // Blocks of at most 12 pixels, as even as possible (56: 12, 11, 11, 11, 11).
-                let nb = ow.div_ceil(12);
-                let mut x0 = 0;
-                for bi in 0..nb {
-                    let n = ow / nb + usize::from(bi < ow % nb);
-                    let a = irow + x0 * s * c;
-                    let o = orow + x0 * op;
-                    debug_assert!(o + (n - 1) * op + NR <= out_len);
-                    let job = Job {
-                        a: &xd[a..],
-                        taps: &taps,
-                        c,
-                        lda: s * c,
-                        panel,
-                        bias,
-                        res: res.map(|rd| &rd[o..]),
-                        relu,
-                        ldc: op,
-                        next: next.wrapping_add(pf_line * 16),
-                        prefetch: panel_lines.saturating_sub(pf_line).min(plen / NR),
-                    };
-                    pf_line += plen / NR;
-                    // SAFETY: the kernels read `n` rows of `job.a` at `lda` apart plus the tap
-                    // offsets and `c` channels (inside `x`: the taps of the last pixel of the
-                    // row end inside its image), `k·k·c` panel rows, and write `n` pixels x 32
-                    // channels at `ldc` apart from `o`, inside `out` (checked above in debug
-                    // builds). Tasks partition (output rows x panels), so no two write the
-                    // same values, and `out` outlives the parallel loop; AVX2 + FMA (and
-                    // AVX-512 for `use512`) are present (`available`, `has_avx512`).
-                    unsafe {
-                        let dst = ptr.get().add(o);
-                        if use512 {
-                            kernels::run512(n, &job, dst);
-                        } else {
-                            kernels::run256(n, &job, dst);
-                        }
-                    }
-                    x0 += n;
+            // The task's output pixels, row after row, in blocks of at most 12 as even as
+            // possible (a block may span rows: 7x7 maps run as 10, 10, 10, 10, 9).
+            let total = (r1 - r0) * ow;
+            let nb = total.div_ceil(12);
+            let mut q = 0;
+            for bi in 0..nb {
+                let n = total / nb + usize::from(bi < total % nb);
+                let mut apix = [0usize; 12];
+                let mut opix = [0usize; 12];
+                for (j, (ap, opx)) in apix.iter_mut().zip(opix.iter_mut()).take(n).enumerate() {
+                    let (r, xx) = (r0 + (q + j) / ow, (q + j) % ow);
+                    let (i, y) = (r / oh, r % oh);
+                    *ap = x.at(i, y * s + off, off) + xx * s * c;
+                    // Output pixel `xx` of row `y`: stored pixel xx + 1 of stored row y + 1.
+                    *opx = ((i * oir + y + 1) * orp + 1 + xx) * op + p * NR;
+                    debug_assert!(
+                        *opx + NR <= out_len && *ap + taps[taps.len() - 1] + c <= xd.len()
+                    );
                 }
+                let job = Job {
+                    a: xd,
+                    apix,
+                    taps: &taps,
+                    c,
+                    panel,
+                    bias,
+                    res,
+                    opix,
+                    relu,
+                    next: next.wrapping_add(pf_line * 16),
+                    prefetch: panel_lines.saturating_sub(pf_line).min(plen / NR),
+                };
+                pf_line += plen / NR;
+                // SAFETY: the kernels read, for each of the `n` pixels, its taps' `c` channels
+                // from `apix` on (inside `x`: the last tap of a pixel lies inside its image,
+                // the padding being the border), `k·k·c` panel rows, and write that pixel's
+                // 32 channels at `opix` (inside `out`, and of the same layout as the shortcut);
+                // checked above in debug builds. Tasks partition (output pixels x panels), so
+                // no two write the same values, and `out` outlives the parallel loop; AVX2 +
+                // FMA (and AVX-512 for `use512`) are present (`available`, `has_avx512`).
+                unsafe {
+                    if use512 {
+                        kernels::run512(n, &job, ptr.get());
+                    } else {
+                        kernels::run256(n, &job, ptr.get());
+                    }
+                }
+                q += n;
             }
         }
     });
@@ -356,24 +357,24 @@ pub(crate) fn conv(x: &Map, pc: &PackedConv, relu: bool, residual: Option<&Map>)
 /// One block of pixels for a microkernel.
 #[derive(Clone, Copy)]
 struct Job<'a> {
-    /// The first pixel's first tap.
+    /// The input map's values.
     a: &'a [f32],
-    /// Offsets of the taps from it.
+    /// Where each pixel's first tap is in `a` (`n` of them used).
+    apix: [usize; 12],
+    /// Offsets of the taps from a pixel's first tap.
     taps: &'a [usize],
     /// Channels a tap.
     c: usize,
-    /// Distance between consecutive pixels' taps.
-    lda: usize,
     /// The panel: `taps.len()·c` rows of 32.
     panel: &'a [f32],
     /// The panel's 32 bias values.
     bias: &'a [f32],
-    /// The shortcut at the first output pixel (same layout as the output).
+    /// The shortcut map's values (the output's layout).
     res: Option<&'a [f32]>,
+    /// Where each pixel's first output channel is in the output (and the shortcut).
+    opix: [usize; 12],
     /// ReLU after the sum.
     relu: bool,
-    /// Distance between output pixels.
-    ldc: usize,
     /// Lines of the next panel to ask L2 for, one a step of the reduction, from `next` on
     /// (the last stages' weights come from memory, each panel read once a pass).
     next: *const f32,
@@ -455,7 +456,7 @@ mod kernels {
         let mut b = job.panel.as_ptr();
         let mut step = 0;
         for &t in job.taps {
-            let a = a0.add(t);
+            let rows: [*const f32; R] = core::array::from_fn(|r| a0.add(job.apix[r] + t));
             for cc in 0..job.c {
                 if step < job.prefetch {
                     _mm_prefetch::<_MM_HINT_T1>(job.next.wrapping_add(step * 16).cast());
@@ -465,7 +466,7 @@ mod kernels {
                 let b1 = _mm512_loadu_ps(b.add(16));
                 b = b.add(NR);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(r * job.lda + cc));
+                    let av = _mm512_set1_ps(*rows[r].add(cc));
                     acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                     acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
                 }
@@ -478,7 +479,7 @@ mod kernels {
             let mut v0 = _mm512_add_ps(c0, acc[0]);
             let mut v1 = _mm512_add_ps(c1, acc[1]);
             if let Some(res) = job.res {
-                let rp = res.as_ptr().add(r * job.ldc);
+                let rp = res.as_ptr().add(job.opix[r]);
                 v0 = _mm512_add_ps(v0, _mm512_loadu_ps(rp));
                 v1 = _mm512_add_ps(v1, _mm512_loadu_ps(rp.add(16)));
             }
@@ -486,7 +487,7 @@ mod kernels {
                 v0 = _mm512_max_ps(v0, zero);
                 v1 = _mm512_max_ps(v1, zero);
             }
-            let d = dst.add(r * job.ldc);
+            let d = dst.add(job.opix[r]);
             _mm512_storeu_ps(d, v0);
             _mm512_storeu_ps(d.add(16), v1);
         }
@@ -502,15 +503,16 @@ mod kernels {
         while r0 < n {
             let rows = (n - r0).min(6);
             for half in 0..2 {
-                let at = r0 * job.ldc + half * 16;
-                let d = dst.add(at);
-                let sub = Job {
-                    a: &job.a[r0 * job.lda..],
-                    res: job.res.map(|r| &r[at..]),
+                let mut sub = Job {
                     bias: &job.bias[half * 16..],
                     panel: &job.panel[half * 16..],
                     ..*job
                 };
+                for j in 0..rows {
+                    sub.apix[j] = job.apix[r0 + j];
+                    sub.opix[j] = job.opix[r0 + j] + half * 16;
+                }
+                let d = dst;
                 match rows {
                     6 => block256::<6>(&sub, d),
                     5 => block256::<5>(&sub, d),
@@ -531,13 +533,13 @@ mod kernels {
         let a0 = job.a.as_ptr();
         let mut b = job.panel.as_ptr();
         for &t in job.taps {
-            let a = a0.add(t);
+            let rows: [*const f32; R] = core::array::from_fn(|r| a0.add(job.apix[r] + t));
             for cc in 0..job.c {
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));
                 b = b.add(NR);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(r * job.lda + cc));
+                    let av = _mm256_set1_ps(*rows[r].add(cc));
                     acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                 }
@@ -550,7 +552,7 @@ mod kernels {
             let mut v0 = _mm256_add_ps(c0, acc[0]);
             let mut v1 = _mm256_add_ps(c1, acc[1]);
             if let Some(res) = job.res {
-                let rp = res.as_ptr().add(r * job.ldc);
+                let rp = res.as_ptr().add(job.opix[r]);
                 v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rp));
                 v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8)));
             }
@@ -558,7 +560,7 @@ mod kernels {
                 v0 = _mm256_max_ps(v0, zero);
                 v1 = _mm256_max_ps(v1, zero);
             }
-            let d = dst.add(r * job.ldc);
+            let d = dst.add(job.opix[r]);
             _mm256_storeu_ps(d, v0);
             _mm256_storeu_ps(d.add(8), v1);
         }
