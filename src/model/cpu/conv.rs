@@ -409,9 +409,14 @@ fn matmul_rows_packed(
     out.par_extend(rayon::iter::repeat_n(0f32, n * m));
     let threads = rayon::current_num_threads().max(1);
     if n >= 12 * 4 * threads {
-        // As few chunks as keep each one's output near 1 MB (in cache for its epilogue), at
-        // least one a thread, at most four: every chunk reads the whole weight.
-        let chunks = (n * m * 4).div_ceil(1 << 20).clamp(threads, 4 * threads);
+        // As few chunks as keep each one's output near 1 MB (in cache for its epilogue; every
+        // chunk reads the whole weight), at least one a thread and at least 12 rows each, a
+        // whole number a thread so that no thread is left with one more.
+        let chunks = (n * m * 4)
+            .div_ceil(1 << 20)
+            .min(n / 12)
+            .max(threads)
+            .next_multiple_of(threads);
         let rows = n.div_ceil(chunks);
         out.par_chunks_mut(rows * m)
             .enumerate()
