@@ -321,7 +321,7 @@ impl PatchConv {
         };
         let bias = vb.get(out_chans, "bias")?;
         Ok(PatchConv {
-            linear: Linear::from_weight(&w, Some(bias))?,
+            linear: Linear::from_weight(&w, Some(bias))?.with_packed()?,
             kernel,
             out_chans,
             channels_first,
@@ -356,7 +356,7 @@ impl PatchConv {
         };
         let patches = patches.contiguous()?.reshape((b * gh * gw, c * k * k))?;
         self.linear
-            .forward(&patches)?
+            .forward_fast(&patches)?
             .reshape((b, gh, gw, self.out_chans))
     }
 }

@@ -83,6 +83,20 @@ impl Linear {
         self.forward(x)?.gelu_erf()
     }
 
+    /// `self(x)`: on the CPU with a packed weight and a bias, one product on the packed weight
+    /// and the bias added in the same pass ([`super::cpu::conv::linear_bias`]); else candle's
+    /// ops ([`Module::forward`]).
+    pub(crate) fn forward_fast(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(b) = &self.bias {
+            if let Some(y) =
+                super::cpu::conv::linear_bias(x, &self.weight_t, self.packed.as_ref(), b)
+            {
+                return y;
+            }
+        }
+        self.forward(x)
+    }
+
     /// `residual + self(x) * gamma` (or `residual + self(x)`), the output reshaped as
     /// `residual`: on the CPU one product and a parallel fused epilogue
     /// ([`super::cpu::conv::linear_bias_scale_add`]); else candle's ops in that order.

@@ -522,6 +522,29 @@ pub(crate) fn linear_bias_gelu(
     Some(Tensor::from_vec(out, shape, &Device::Cpu))
 }
 
+/// `x · weight_t + bias` on the weight packed at load (ConvNeXt's patch convolutions as
+/// products over the patches), the bias added to each chunk of rows while it is in cache.
+/// `None` when it does not apply (no packed weight, another device or dtype); the caller
+/// then runs candle's ops.
+pub(crate) fn linear_bias(
+    x: &Tensor,
+    weight_t: &Tensor,
+    packed: Option<&PackedB>,
+    bias: &Tensor,
+) -> Option<candle_core::Result<Tensor>> {
+    let (n, k, m, shape) = linear_dims(x, weight_t, bias)?;
+    let p = usable(packed, k, m)?;
+    let out = with_host(x, |xs| {
+        with_host(bias, |bs| {
+            matmul_rows_packed(xs, n, p, |_, chunk| {
+                super::kernels::add_bias_rows(chunk, bs)
+            })
+        })
+    })
+    .flatten()?;
+    Some(Tensor::from_vec(out, shape, &Device::Cpu))
+}
+
 /// `residual + (x · weight_t + bias) * gamma` (ConvNeXt's `fc2`, layer scale and shortcut, in
 /// that order of operations), for contiguous f32 CPU tensors, `residual` of the output's
 /// element count; without `gamma`, `residual + (x · weight_t + bias)`. `None` when it does not
@@ -712,6 +735,30 @@ mod tests {
                 let got = linear_bias_gelu(&x, &w, p.as_ref(), &b).unwrap().unwrap();
                 let d = rel_diff(&got, &want);
                 assert!(d <= 1e-5, "{n}x{k}x{m} {:?}: {d}", p.map(|p| p.layout()));
+            }
+        }
+    }
+
+    /// ConvNeXt's patch convolutions as products (`x · W + b`) on the packed weight against
+    /// candle's ops: the stem (4x4 patches of 3 channels to 96) and a downsampling (2x2 of 96
+    /// to 192) at batch 1, both packed layouts; not packed, the caller's fallback.
+    #[test]
+    fn linear_bias_matches_candle() {
+        let dev = Device::Cpu;
+        for (n, k, m) in [(3136, 48, 96), (784, 384, 192), (7, 5, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let w = (Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap() * (1.0 / (k as f64).sqrt()))
+                .unwrap();
+            let b = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+            let want = x.broadcast_matmul(&w).unwrap().broadcast_add(&b).unwrap();
+            for p in packings(&w) {
+                match linear_bias(&x, &w, p.as_ref(), &b) {
+                    Some(got) => {
+                        let d = rel_diff(&got.unwrap(), &want);
+                        assert!(d <= 1e-5, "{n}x{k}x{m} {:?}: {d}", p.map(|p| p.layout()));
+                    }
+                    None => assert!(p.is_none(), "{n}x{k}x{m}: a packed weight was not used"),
+                }
             }
         }
     }
