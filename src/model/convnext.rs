@@ -510,6 +510,14 @@ impl Module for ConvNeXtBlock {
         let (b, h, w, c) = x.dims4()?;
         let y = self.conv_dw.forward(x)?.reshape((b * h * w, c))?;
         let y = self.norm.forward(&y)?;
+        if let (Some(p1), Some(p2)) = (self.mlp.fc1.parts(), self.mlp.fc2.parts()) {
+            // The first stages: the whole MLP chunk by chunk, the hidden activations in cache.
+            if let Some(out) =
+                crate::model::cpu::conv::mlp_fused(&y, p1, p2, self.gamma.as_ref(), x)
+            {
+                return out;
+            }
+        }
         let y = self.mlp.fc1.forward_gelu(&y)?;
         self.mlp.fc2.forward_scale_add(&y, self.gamma.as_ref(), x)
     }

@@ -126,6 +126,12 @@ impl Linear {
         y.reshape(residual.shape())? + residual
     }
 
+    /// The transposed weight, its packed copy and the bias, for fused fast paths; `None`
+    /// without a bias.
+    pub(crate) fn parts(&self) -> Option<(&Tensor, Option<&super::cpu::packed::PackedB>, &Tensor)> {
+        Some((&self.weight_t, self.packed.as_ref(), self.bias.as_ref()?))
+    }
+
     /// The device the weight lives on.
     pub(crate) fn device(&self) -> &candle_core::Device {
         self.weight_t.device()

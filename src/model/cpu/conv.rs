@@ -522,6 +522,96 @@ pub(crate) fn linear_bias_gelu(
     Some(Tensor::from_vec(out, shape, &Device::Cpu))
 }
 
+/// Hidden activations (bytes) a chunk of [`mlp_fused`] keeps in cache, at least: more when
+/// the weights are larger (a quarter of theirs), so that each chunk's products amortize
+/// reading both weights (from L3 when they do not fit in L2).
+const FUSED_MLP_HIDDEN: usize = 1 << 18;
+
+/// ConvNeXt's whole MLP for contiguous f32 CPU rows `x` `(n, c)`: `residual + (gelu(x · W1 +
+/// b1) · W2 + b2) * gamma`, chunk of rows by chunk of rows, the hidden activations of a chunk
+/// (`FUSED_MLP_HIDDEN` or more) in a buffer of its thread and never written out whole (at
+/// batch 8 the first stage's are 38 MB, allocated and zeroed for every block). The same sums
+/// as [`linear_bias_gelu`] then [`linear_bias_scale_add`] on the packed weights (each output's
+/// reduction in order), so the same bits. Taken when there are at least two chunks a thread
+/// (ConvNeXt-tiny at batch 1: the first two stages); `None` otherwise, and the caller runs
+/// the two steps (whose panel split reads the weights once for few rows).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mlp_fused(
+    x: &Tensor,
+    (w1, p1, b1): (&Tensor, Option<&PackedB>, &Tensor),
+    (w2, p2, b2): (&Tensor, Option<&PackedB>, &Tensor),
+    gamma: Option<&Tensor>,
+    residual: &Tensor,
+) -> Option<candle_core::Result<Tensor>> {
+    let (n, c, h, _) = linear_dims(x, w1, b1)?;
+    if w2.dims2().ok()? != (h, c) || b2.dims() != [c] || residual.elem_count() != n * c {
+        return None;
+    }
+    let shape = residual.dims().to_vec();
+    if gamma.is_some_and(|g| g.elem_count() != c) {
+        return None;
+    }
+    let (q1, q2) = (usable(p1, c, h)?, usable(p2, h, c)?);
+    let threads = rayon::current_num_threads().max(1);
+    let hidden = FUSED_MLP_HIDDEN.max(2 * c * h);
+    let rows = (hidden / (4 * h)).max(12) / 12 * 12;
+    if n < rows * 2 * threads {
+        return None;
+    }
+    let run = |xs: &[f32], bs1: &[f32], bs2: &[f32], gs: Option<&[f32]>, rs: &[f32]| {
+        let mut out: Vec<f32> = Vec::with_capacity(n * c);
+        out.par_extend(rayon::iter::repeat_n(0f32, n * c));
+        out.par_chunks_mut(rows * c).enumerate().for_each_init(
+            Vec::new,
+            |hidden: &mut Vec<f32>, (i, o)| {
+                let r0 = i * rows;
+                let nr = o.len() / c;
+                hidden.resize(nr * h, 0.0);
+                matmul_packed(nr, &xs[r0 * c..], c, q1, hidden, h, false, None);
+                super::kernels::bias_gelu_rows(hidden, bs1);
+                matmul_packed(nr, hidden, h, q2, o, c, false, None);
+                scale_add_rows(o, &rs[r0 * c..], bs2, gs, c);
+            },
+        );
+        out
+    };
+    let out = with_host(x, |xs| {
+        with_host(b1, |bs1| {
+            with_host(b2, |bs2| {
+                with_host(residual, |rs| match gamma {
+                    Some(g) => with_host(g, |gs| run(xs, bs1, bs2, Some(gs), rs)),
+                    None => Some(run(xs, bs1, bs2, None, rs)),
+                })
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .flatten()
+    .flatten()?;
+    Some(Tensor::from_vec(out, shape, &Device::Cpu))
+}
+
+/// The epilogue of `fc2`: each `m`-wide row of `o` (the products) becomes
+/// `(o + bias) * gamma + residual` (or `(o + bias) + residual`), the residual's rows from
+/// `r` on, in that order of operations.
+fn scale_add_rows(o: &mut [f32], r: &[f32], bs: &[f32], gs: Option<&[f32]>, m: usize) {
+    for (ro, rr) in o.chunks_exact_mut(m).zip(r.chunks_exact(m)) {
+        match gs {
+            Some(g) => {
+                for (((y, &b), &g), &x) in ro.iter_mut().zip(bs).zip(g).zip(rr) {
+                    *y = (*y + b) * g + x;
+                }
+            }
+            None => {
+                for ((y, &b), &x) in ro.iter_mut().zip(bs).zip(rr) {
+                    *y = (*y + b) + x;
+                }
+            }
+        }
+    }
+}
+
 /// `x · weight_t + bias` on the weight packed at load (ConvNeXt's patch convolutions as
 /// products over the patches), the bias added to each chunk of rows while it is in cache.
 /// `None` when it does not apply (no packed weight, another device or dtype); the caller
@@ -563,23 +653,8 @@ pub(crate) fn linear_bias_scale_add(
         return None;
     }
     let packed = usable(packed, k, m);
-    // The epilogue on the rows from `r0` on, `o` holding the products.
-    let rows = |o: &mut [f32], r: &[f32], bs: &[f32], gs: Option<&[f32]>| {
-        for (ro, rr) in o.chunks_exact_mut(m).zip(r.chunks_exact(m)) {
-            match gs {
-                Some(g) => {
-                    for (((y, &b), &g), &x) in ro.iter_mut().zip(bs).zip(g).zip(rr) {
-                        *y = (*y + b) * g + x;
-                    }
-                }
-                None => {
-                    for ((y, &b), &x) in ro.iter_mut().zip(bs).zip(rr) {
-                        *y = (*y + b) + x;
-                    }
-                }
-            }
-        }
-    };
+    let rows =
+        |o: &mut [f32], r: &[f32], bs: &[f32], gs: Option<&[f32]>| scale_add_rows(o, r, bs, gs, m);
     let run = |xs: &[f32], bs: &[f32], gs: Option<&[f32]>, rs: &[f32]| match packed {
         Some(p) => Some(matmul_rows_packed(xs, n, p, |r0, o| {
             rows(o, &rs[r0 * m..], bs, gs)
@@ -758,6 +833,83 @@ mod tests {
                         assert!(d <= 1e-5, "{n}x{k}x{m} {:?}: {d}", p.map(|p| p.layout()));
                     }
                     None => assert!(p.is_none(), "{n}x{k}x{m}: a packed weight was not used"),
+                }
+            }
+        }
+    }
+
+    /// The fused MLP against candle's ops (within 1e-5) and bit for bit against the two
+    /// steps on the same packed weights, on ConvNeXt-tiny's first stage at batch 1 and its
+    /// third at batch 8, with and without the layer scale, in both packed layouts.
+    #[test]
+    fn mlp_fused_matches_the_two_steps() {
+        let dev = Device::Cpu;
+        for (n, c, h) in [(3136, 96, 384), (1568, 384, 1536)] {
+            let x = Tensor::randn(0f32, 1.0, (n, c), &dev).unwrap();
+            let w1 = (Tensor::randn(0f32, 1.0, (c, h), &dev).unwrap() * (1.0 / (c as f64).sqrt()))
+                .unwrap();
+            let w2 = (Tensor::randn(0f32, 1.0, (h, c), &dev).unwrap() * (1.0 / (h as f64).sqrt()))
+                .unwrap();
+            let b1 = Tensor::randn(0f32, 1.0, h, &dev).unwrap();
+            let b2 = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+            let g = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (1, n, c), &dev).unwrap();
+            let hid = x
+                .broadcast_matmul(&w1)
+                .unwrap()
+                .broadcast_add(&b1)
+                .unwrap()
+                .gelu_erf()
+                .unwrap();
+            let y = hid
+                .broadcast_matmul(&w2)
+                .unwrap()
+                .broadcast_add(&b2)
+                .unwrap();
+            for gamma in [Some(&g), None] {
+                let want = match gamma {
+                    Some(g) => y.broadcast_mul(g).unwrap(),
+                    None => y.clone(),
+                };
+                let want = (want.reshape((1, n, c)).unwrap() + &r).unwrap();
+                for (p1, p2) in packings(&w1).into_iter().zip(packings(&w2)) {
+                    let got = mlp_fused(
+                        &x,
+                        (&w1, p1.as_ref(), &b1),
+                        (&w2, p2.as_ref(), &b2),
+                        gamma,
+                        &r,
+                    );
+                    let Some(got) = got else {
+                        assert!(p1.is_none(), "{n}x{c}x{h}: packed but not fused");
+                        continue;
+                    };
+                    let got = got.unwrap();
+                    let d = rel_diff(&got, &want);
+                    assert!(
+                        d <= 1e-5,
+                        "{n}x{c}x{h} {:?}: {d}",
+                        p1.as_ref().map(|p| p.layout())
+                    );
+                    let hid = linear_bias_gelu(&x, &w1, p1.as_ref(), &b1)
+                        .unwrap()
+                        .unwrap();
+                    let two = linear_bias_scale_add(&hid, &w2, p2.as_ref(), &b2, gamma, &r)
+                        .unwrap()
+                        .unwrap()
+                        .reshape((1, n, c))
+                        .unwrap();
+                    let same = (&got - &two)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert_eq!(same, 0.0, "{n}x{c}x{h}: fused and two-step bits differ");
                 }
             }
         }
