@@ -472,6 +472,8 @@ pub(crate) struct Mlp {
 pub(crate) struct ConvNeXtBlock {
     conv_dw: DepthwiseConv,
     norm: LayerNorm,
+    /// On the CPU in f32: `norm`'s weight, bias and epsilon, for the parallel row kernel.
+    norm_host: Option<(Vec<f32>, Vec<f32>, f32)>,
     mlp: Mlp,
     gamma: Option<Tensor>,
 }
@@ -488,9 +490,10 @@ impl ConvNeXtBlock {
             };
             Linear::from_weight(&w, Some(vb.get(o, "bias")?))?.with_packed()
         };
-        Ok(ConvNeXtBlock {
+        let mut block = ConvNeXtBlock {
             conv_dw: DepthwiseConv::new(dim, cfg.kernel_size, vb.pp("conv_dw"))?,
             norm: layer_norm(dim, cfg.layer_norm_eps, vb.pp("norm"))?,
+            norm_host: None,
             mlp: Mlp {
                 fc1: fc("fc1", dim, h)?,
                 fc2: fc("fc2", h, dim)?,
@@ -500,7 +503,16 @@ impl ConvNeXtBlock {
             } else {
                 None
             },
-        })
+        };
+        let (w, b) = (block.norm.weight(), block.norm.bias());
+        if let Some(b) = b.filter(|_| w.device().is_cpu() && w.dtype() == DType::F32) {
+            block.norm_host = Some((
+                w.to_vec1::<f32>()?,
+                b.to_vec1::<f32>()?,
+                cfg.layer_norm_eps as f32,
+            ));
+        }
+        Ok(block)
     }
 }
 
@@ -509,7 +521,10 @@ impl Module for ConvNeXtBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let y = self.conv_dw.forward(x)?.reshape((b * h * w, c))?;
-        let y = self.norm.forward(&y)?;
+        let y = match self.norm_host.as_ref().and_then(|n| layer_norm_rows(&y, n)) {
+            Some(y) => y?,
+            None => self.norm.forward(&y)?,
+        };
         if let (Some(p1), Some(p2)) = (self.mlp.fc1.parts(), self.mlp.fc2.parts()) {
             // The first stages: the whole MLP chunk by chunk, the hidden activations in cache.
             if let Some(out) =
@@ -521,6 +536,30 @@ impl Module for ConvNeXtBlock {
         let y = self.mlp.fc1.forward_gelu(&y)?;
         self.mlp.fc2.forward_scale_add(&y, self.gamma.as_ref(), x)
     }
+}
+
+/// `nn.LayerNorm` over the last dimension of contiguous f32 CPU rows `y` `(n, c)` with the
+/// crate's row kernel ([`crate::model::cpu::kernels::layer_norm_rows`]) on every thread
+/// (candle's runs on one); `None` when `y` is not such a tensor.
+fn layer_norm_rows(
+    y: &Tensor,
+    (w, b, eps): &(Vec<f32>, Vec<f32>, f32),
+) -> Option<candle_core::Result<Tensor>> {
+    let c = w.len();
+    if y.dims().last() != Some(&c) || c == 0 {
+        return None;
+    }
+    let out = crate::model::cpu::with_host_slice(y, |ys| {
+        let mut out = vec![0f32; ys.len()];
+        let rows = (ys.len() / c)
+            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .max(1);
+        out.par_chunks_mut(rows * c)
+            .zip(ys.par_chunks(rows * c))
+            .for_each(|(o, x)| crate::model::cpu::kernels::layer_norm_rows(x, o, w, b, *eps));
+        out
+    })?;
+    Some(Tensor::from_vec(out, y.shape(), &Device::Cpu))
 }
 
 /// timm's `ConvNeXtStage`: the optional downsampling (LayerNorm2d, 2x2 stride-2 convolution),
