@@ -571,35 +571,34 @@ impl Block {
 
     /// The block on the channels-last path ([`nhwc::conv`]): its output map and real
     /// channels, or `None` if a convolution is not packed or a shape does not fit.
-    fn forward_nhwc(&self, x: &Map) -> Option<(Map, usize)> {
+    fn forward_nhwc(&self, x: &Map, bufs: &mut nhwc::Buffers) -> Option<(Map, usize)> {
         let downsample = match self {
             Block::Basic(b) => &b.downsample,
             Block::Bottleneck(b) => &b.downsample,
         };
-        let own;
-        let shortcut = match downsample {
-            Some(d) => {
-                own = nhwc::conv(x, d.packed.as_ref()?, false, None)?;
-                &own
-            }
-            None => x,
+        let own = match downsample {
+            Some(d) => Some(nhwc::conv(x, d.packed.as_ref()?, false, None, bufs)?),
+            None => None,
         };
-        let last = match self {
-            Block::Basic(b) => {
-                let y = nhwc::conv(x, b.conv1.packed.as_ref()?, true, None)?;
-                (y, &b.conv2)
-            }
+        let (y, last) = match self {
+            Block::Basic(b) => (
+                nhwc::conv(x, b.conv1.packed.as_ref()?, true, None, bufs)?,
+                &b.conv2,
+            ),
             Block::Bottleneck(b) => {
-                let y = nhwc::conv(x, b.conv1.packed.as_ref()?, true, None)?;
-                let y = nhwc::conv(&y, b.conv2.packed.as_ref()?, true, None)?;
-                (y, &b.conv3)
+                let y1 = nhwc::conv(x, b.conv1.packed.as_ref()?, true, None, bufs)?;
+                let y2 = nhwc::conv(&y1, b.conv2.packed.as_ref()?, true, None, bufs)?;
+                bufs.give(y1);
+                (y2, &b.conv3)
             }
         };
-        let pc = last.1.packed.as_ref()?;
-        Some((
-            nhwc::conv(&last.0, pc, true, Some(shortcut))?,
-            pc.out_channels(),
-        ))
+        let pc = last.packed.as_ref()?;
+        let out = nhwc::conv(&y, pc, true, Some(own.as_ref().unwrap_or(x)), bufs)?;
+        bufs.give(y);
+        if let Some(d) = own {
+            bufs.give(d);
+        }
+        Some((out, pc.out_channels()))
     }
 }
 
@@ -693,12 +692,17 @@ impl ResNet {
         let x = x.contiguous().ok()?;
         let m =
             super::cpu::with_host_slice(&x, |xs| Map::from_nchw(xs, (b, c, h, w), stem.padding()))?;
-        let y = nhwc::conv(&m, stem, true, None)?;
-        let mut m = nhwc::max_pool_3x3_s2(&y)?;
+        // The maps' buffers, handed on from one convolution to the next.
+        let mut bufs = nhwc::Buffers::default();
+        let y = nhwc::conv(&m, stem, true, None, &mut bufs)?;
+        let mut m = nhwc::max_pool_3x3_s2(&y, &mut bufs)?;
+        bufs.give(y);
         let mut ch = stem.out_channels();
         for stage in &self.layers {
             for block in stage {
-                (m, ch) = block.forward_nhwc(&m)?;
+                let (next, c) = block.forward_nhwc(&m, &mut bufs)?;
+                bufs.give(std::mem::replace(&mut m, next));
+                ch = c;
             }
         }
         let out = m.to_nchw(ch);

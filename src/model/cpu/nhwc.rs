@@ -48,7 +48,71 @@ pub(crate) struct Map {
     pub border: usize,
 }
 
+/// Feature-map buffers a forward pass hands back for the next maps to reuse: a map's border
+/// is zeroed again and its interior left as it was (every convolution and max pool writes
+/// every interior value), so a reused buffer is neither allocated nor zeroed again.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers(Vec<Vec<f32>>);
+
+impl Buffers {
+    /// A buffer of `len` values: the smallest kept one that holds them, or a new one (zeroed
+    /// on every thread). The values are whatever they were.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let best = (0..self.0.len())
+            .filter(|&i| self.0[i].capacity() >= len)
+            .min_by_key(|&i| self.0[i].capacity());
+        let mut v = match best {
+            Some(i) => self.0.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            let more = len - v.len();
+            v.par_extend(rayon::iter::repeat_n(0f32, more));
+        }
+        v
+    }
+
+    /// Keeps `m`'s buffer for a later map.
+    pub(crate) fn give(&mut self, m: Map) {
+        self.0.push(m.data);
+    }
+}
+
 impl Map {
+    /// A map for an output: a buffer from `bufs` with its border zeroed; its interior is
+    /// whatever the buffer held, for the caller to write whole.
+    fn for_output(
+        bufs: &mut Buffers,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        border: usize,
+    ) -> Self {
+        let len = b * (h + 2 * border) * (w + 2 * border) * c;
+        let mut m = Map {
+            data: bufs.take(len),
+            b,
+            h,
+            w,
+            c,
+            border,
+        };
+        let (rp, ir) = (m.row_pixels(), m.image_rows());
+        for (r, row) in m.data.chunks_exact_mut(rp * c).enumerate() {
+            let y = r % ir;
+            if y < border || y >= ir - border {
+                row.fill(0.0);
+            } else {
+                row[..border * c].fill(0.0);
+                row[(rp - border) * c..].fill(0.0);
+            }
+        }
+        m
+    }
+
     /// A map of zeros.
     fn zeros(b: usize, h: usize, w: usize, c: usize, border: usize) -> Self {
         let len = b * (h + 2 * border) * (w + 2 * border) * c;
@@ -242,7 +306,13 @@ impl Shared {
 /// convolution or max pool reads). `x` must have the channels `pc` was packed for and a
 /// border of at least `pc`'s padding; `residual`, if given, the output's geometry. `None` when
 /// those do not hold or the CPU lacks the kernels (the caller then takes candle's path).
-pub(crate) fn conv(x: &Map, pc: &PackedConv, relu: bool, residual: Option<&Map>) -> Option<Map> {
+pub(crate) fn conv(
+    x: &Map,
+    pc: &PackedConv,
+    relu: bool,
+    residual: Option<&Map>,
+    bufs: &mut Buffers,
+) -> Option<Map> {
     if x.c != pc.c || x.border < pc.p || !super::packed::available() {
         return None;
     }
@@ -253,7 +323,7 @@ pub(crate) fn conv(x: &Map, pc: &PackedConv, relu: bool, residual: Option<&Map>)
             return None;
         }
     }
-    let mut out = Map::zeros(x.b, oh, ow, op, 1);
+    let mut out = Map::for_output(bufs, x.b, oh, ow, op, 1);
     let (k, s, c) = (pc.k, pc.s, pc.c);
     // Offsets of the taps from a pixel's first tap, in floats.
     let taps: Vec<usize> = (0..k * k)
@@ -385,12 +455,12 @@ struct Job<'a> {
 
 /// `nn.MaxPool2d(3, stride=2, padding=1)` of a ReLU's output (every value `>= 0`, so the zero
 /// border stands in for PyTorch's `-inf` padding), into a map with a border of 1.
-pub(crate) fn max_pool_3x3_s2(x: &Map) -> Option<Map> {
+pub(crate) fn max_pool_3x3_s2(x: &Map, bufs: &mut Buffers) -> Option<Map> {
     if x.border < 1 || x.h == 0 || x.w == 0 {
         return None;
     }
     let (oh, ow) = ((x.h + 2 - 3) / 2 + 1, (x.w + 2 - 3) / 2 + 1);
-    let mut out = Map::zeros(x.b, oh, ow, x.c, 1);
+    let mut out = Map::for_output(bufs, x.b, oh, ow, x.c, 1);
     let (orp, oir, c) = (out.row_pixels(), out.image_rows(), x.c);
     let off = x.border - 1;
     out.data
@@ -407,6 +477,8 @@ pub(crate) fn max_pool_3x3_s2(x: &Map) -> Option<Map> {
                 || {
                     for xx in 0..ow {
                         let px = &mut dst[(xx + 1) * c..(xx + 2) * c];
+                        // From zero, which the zero border also stands for.
+                        px.fill(0.0);
                         for ky in 0..3 {
                             for kx in 0..3 {
                                 let at = x.at(i, 2 * y + ky + off, 2 * xx + kx + off);
@@ -691,12 +763,16 @@ mod tests {
             {
                 dst[..o].copy_from_slice(src);
             }
+            // One pool for every call, so later calls reuse (stale) buffers as a pass does.
+            let mut bufs = Buffers::default();
             for &level in &levels {
                 for (relu, res) in [(false, None), (true, None), (true, Some((&r, &rm)))] {
                     let want = reference(&x, &w, &bias, s, p, relu, res.map(|x| x.0));
-                    let got = with_level(level, || conv(&m, &pc, relu, res.map(|x| x.1)))
-                        .expect("the channels-last path applies");
-                    let got = Tensor::from_vec(got.to_nchw(o), (b, o, oh, ow), &dev).unwrap();
+                    let map =
+                        with_level(level, || conv(&m, &pc, relu, res.map(|x| x.1), &mut bufs))
+                            .expect("the channels-last path applies");
+                    let got = Tensor::from_vec(map.to_nchw(o), (b, o, oh, ow), &dev).unwrap();
+                    bufs.give(map);
                     let d = (&got - &want)
                         .unwrap()
                         .abs()
@@ -745,7 +821,17 @@ mod tests {
                 .max_pool2d_with_stride(3, 2)
                 .unwrap();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let got = max_pool_3x3_s2(&Map::from_nchw(&xs, (b, c, hw, hw), 1)).unwrap();
+            // A pool holding a buffer of garbage: the pool's output must not depend on it.
+            let mut bufs = Buffers::default();
+            bufs.give(Map {
+                data: vec![7.0; b * (hw + 2) * (hw + 2) * c],
+                b,
+                h: hw,
+                w: hw,
+                c,
+                border: 1,
+            });
+            let got = max_pool_3x3_s2(&Map::from_nchw(&xs, (b, c, hw, hw), 1), &mut bufs).unwrap();
             let got = Tensor::from_vec(got.to_nchw(c), want.shape(), &dev).unwrap();
             let d = (&got - &want)
                 .unwrap()
@@ -815,11 +901,13 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), &dev).unwrap();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let m = Map::from_nchw(&xs, (b, c, hw, hw), border);
-            let _ = conv(&m, &pc, true, None).unwrap();
+            let mut bufs = Buffers::default();
+            let _ = conv(&m, &pc, true, None, &mut bufs).unwrap();
             let t = std::time::Instant::now();
             let n = 10;
             for _ in 0..n {
-                std::hint::black_box(conv(&m, &pc, true, None).unwrap());
+                let y = conv(&m, &pc, true, None, &mut bufs).unwrap();
+                bufs.give(std::hint::black_box(y));
             }
             let secs = t.elapsed().as_secs_f64() / n as f64;
             let (oh, ow) = pc.out_size(hw, hw).unwrap();
