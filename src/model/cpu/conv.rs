@@ -684,40 +684,8 @@ pub(crate) fn linear_bias_scale_add(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{conv_reference as reference, rel_diff};
     use super::*;
-
-    /// The reference: candle's `conv2d`, then the bias, the residual and the ReLU as ops.
-    fn reference(
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        s: usize,
-        p: usize,
-        relu: bool,
-        r: Option<&Tensor>,
-    ) -> Tensor {
-        let mut y = x.conv2d(w, p, s, 1, 1).unwrap();
-        if let Some(b) = b {
-            y = y
-                .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
-                .unwrap();
-        }
-        if let Some(r) = r {
-            y = (y + r).unwrap();
-        }
-        if relu {
-            y = y.relu().unwrap();
-        }
-        y
-    }
-
-    /// Largest |a - b| over the largest |b| (at least 1).
-    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        let d = d.max(0).unwrap().to_scalar::<f32>().unwrap();
-        let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-        d / s.to_scalar::<f32>().unwrap().max(1.0)
-    }
 
     /// Every convolution shape of torchvision's resnet18/34/50 (the stem, the 3x3s of each
     /// stage at stride 1 and 2, the 1x1 bottleneck and downsampling convolutions) and
@@ -899,17 +867,11 @@ mod tests {
                         .unwrap()
                         .reshape((1, n, c))
                         .unwrap();
-                    let same = (&got - &two)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    assert_eq!(same, 0.0, "{n}x{c}x{h}: fused and two-step bits differ");
+                    assert_eq!(
+                        rel_diff(&got, &two),
+                        0.0,
+                        "{n}x{c}x{h}: fused and two-step bits differ"
+                    );
                 }
             }
         }

@@ -923,6 +923,44 @@ fn mlp_tile(xt: &mut [f32], sc: &mut Scratch, dm: &Dims, blk: &BlockW) {
     blk.fc2.apply(t, hidden, d, hid, xt, d, true, true);
 }
 
+/// The convolution fast paths' reference: candle's `conv2d`, then the bias, the residual and
+/// the ReLU as ops.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    s: usize,
+    p: usize,
+    relu: bool,
+    r: Option<&Tensor>,
+) -> Tensor {
+    let mut y = x.conv2d(w, p, s, 1, 1).unwrap();
+    if let Some(b) = b {
+        y = y
+            .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
+            .unwrap();
+    }
+    if let Some(r) = r {
+        y = (y + r).unwrap();
+    }
+    if relu {
+        y = y.relu().unwrap();
+    }
+    y
+}
+
+/// Largest |a - b| over the largest |b| (at least 1): the fast paths' tests' measure against
+/// candle's ops.
+#[cfg(test)]
+pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+    let d = d.max(0).unwrap().to_scalar::<f32>().unwrap();
+    let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    d / s.to_scalar::<f32>().unwrap().max(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Balance;

@@ -676,31 +676,6 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// `relu?(conv2d(x) + bias + residual)` by candle's ops: the reference.
-    fn reference(
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        s: usize,
-        p: usize,
-        relu: bool,
-        r: Option<&Tensor>,
-    ) -> Tensor {
-        let o = w.dim(0).unwrap();
-        let mut y = x
-            .conv2d(w, p, s, 1, 1)
-            .unwrap()
-            .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
-            .unwrap();
-        if let Some(r) = r {
-            y = (y + r).unwrap();
-        }
-        if relu {
-            y = y.relu().unwrap();
-        }
-        y
-    }
-
     /// Every convolution shape of torchvision's resnet18/34/50 at full size (the 7x7 stem on
     /// 3 unpadded channels, the 3x3s at stride 1 and 2, the 1x1 bottleneck and downsampling
     /// ones), and channel counts that are not whole panels (the fixture ResNets'), at batch 1
@@ -767,37 +742,25 @@ mod tests {
             let mut bufs = Buffers::default();
             for &level in &levels {
                 for (relu, res) in [(false, None), (true, None), (true, Some((&r, &rm)))] {
-                    let want = reference(&x, &w, &bias, s, p, relu, res.map(|x| x.0));
+                    let want = super::super::conv_reference(
+                        &x,
+                        &w,
+                        Some(&bias),
+                        s,
+                        p,
+                        relu,
+                        res.map(|x| x.0),
+                    );
                     let map =
                         with_level(level, || conv(&m, &pc, relu, res.map(|x| x.1), &mut bufs))
                             .expect("the channels-last path applies");
                     let got = Tensor::from_vec(map.to_nchw(o), (b, o, oh, ow), &dev).unwrap();
                     bufs.give(map);
-                    let d = (&got - &want)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    let scale = want
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                        .max(1.0);
+                    let d = super::super::rel_diff(&got, &want);
                     assert!(
-                        d / scale <= 1e-5,
-                        "b{b} c{c} o{o} {hw} k{k} s{s} relu {relu} residual {} {level}: {}",
+                        d <= 1e-5,
+                        "b{b} c{c} o{o} {hw} k{k} s{s} relu {relu} residual {} {level}: {d}",
                         res.is_some(),
-                        d / scale
                     );
                 }
             }
@@ -833,16 +796,7 @@ mod tests {
             });
             let got = max_pool_3x3_s2(&Map::from_nchw(&xs, (b, c, hw, hw), 1), &mut bufs).unwrap();
             let got = Tensor::from_vec(got.to_nchw(c), want.shape(), &dev).unwrap();
-            let d = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = super::super::rel_diff(&got, &want);
             assert_eq!(d, 0.0, "b{b} c{c} {hw}");
         }
     }
