@@ -21,6 +21,7 @@
 //! at load time (each output channel's weights scaled, the shift as its bias).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -614,6 +615,13 @@ pub struct ResNet {
     fast: bool,
     /// Whether every convolution is packed for the channels-last path.
     nhwc: bool,
+    /// The channels-last path's feature-map buffers, kept from one forward pass for the next
+    /// (shared by clones): a pass takes them, or starts with none while another pass holds
+    /// them, and leaves its own for the next. This keeps one pass's maps allocated (about
+    /// 10 MB at batch 1, 80 MB at batch 8 for resnet34), as ONNX Runtime's arena does, and
+    /// saves allocating, zeroing and faulting them in again every pass (a fresh 3.3 MB stem
+    /// map took 0.2 ms before its convolution could start).
+    bufs: Arc<Mutex<Option<nhwc::Buffers>>>,
 }
 
 impl ResNet {
@@ -663,6 +671,7 @@ impl ResNet {
             cfg: cfg.clone(),
             fast: true,
             nhwc,
+            bufs: Arc::default(),
         })
     }
 
@@ -692,8 +701,14 @@ impl ResNet {
         let x = x.contiguous().ok()?;
         let m =
             super::cpu::with_host_slice(&x, |xs| Map::from_nchw(xs, (b, c, h, w), stem.padding()))?;
-        // The maps' buffers, handed on from one convolution to the next.
-        let mut bufs = nhwc::Buffers::default();
+        // The maps' buffers, handed on from one convolution to the next, and from the
+        // previous pass.
+        let mut bufs = self
+            .bufs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
         let y = nhwc::conv(&m, stem, true, None, &mut bufs)?;
         let mut m = nhwc::max_pool_3x3_s2(&y, &mut bufs)?;
         bufs.give(y);
@@ -706,9 +721,16 @@ impl ResNet {
             }
         }
         let out = m.to_nchw(ch);
+        let (mh, mw) = (m.h, m.w);
+        bufs.give(m);
+        bufs.end_pass();
+        self.bufs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(bufs);
         Some(Tensor::from_vec(
             out,
-            (b, ch, m.h, m.w),
+            (b, ch, mh, mw),
             &candle_core::Device::Cpu,
         ))
     }
@@ -884,7 +906,9 @@ mod tests {
             let fast = ResNet::load(&cfg, vb, true).unwrap();
             assert!(fast.nhwc, "every convolution should be packed");
             let reference = fast.clone().with_fast_path(false);
-            for b in [1, 3] {
+            // Batch 1, 3, then 1 again: the later passes run on the buffers the earlier ones
+            // left (larger, and holding their values).
+            for b in [1, 3, 1] {
                 let x = Tensor::randn(0f32, 1.0, (b, 3, 64, 64), &dev).unwrap();
                 let want = reference.forward(&x).unwrap();
                 let got = fast.forward(&x).unwrap();

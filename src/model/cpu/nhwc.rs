@@ -6,7 +6,8 @@
 //! output pixel `(y, x)` is `bias + Σ_(ky, kx, c) w[(ky, kx, c), o] · in[y·s + ky, x·s + kx, c]`
 //! over the taps in `(ky, kx)` order and the channels in order, which is a matrix product
 //! whose left rows (output pixels of one row, `s·C` floats apart) are read straight out of
-//! the input at nine offsets. The weights are packed at load into 32-column panels
+//! the input: the `k` taps of one kernel row are `k` neighbouring pixels, so each pixel's
+//! reduction is `k` runs of `k·C` values in a row (three for a 3x3). The weights are packed at load into 32-column panels
 //! ([`PackedConv`]); the microkernels keep 12 pixels x 32 output channels (AVX-512) or 6 x 16
 //! (AVX2 + FMA) in registers over the whole reduction, then add the bias, the shortcut and the
 //! ReLU as they store. Each output is one sum in a fixed order whatever the threads, so the
@@ -50,19 +51,20 @@ pub(crate) struct Map {
 
 /// Feature-map buffers a forward pass hands back for the next maps to reuse: a map's border
 /// is zeroed again and its interior left as it was (every convolution and max pool writes
-/// every interior value), so a reused buffer is neither allocated nor zeroed again.
+/// every interior value), so a reused buffer is neither allocated nor zeroed again. Kept
+/// from one pass to the next, with [`Buffers::end_pass`] dropping those a pass did not use.
 #[derive(Debug, Default)]
-pub(crate) struct Buffers(Vec<Vec<f32>>);
+pub(crate) struct Buffers(Vec<(Vec<f32>, bool)>);
 
 impl Buffers {
     /// A buffer of `len` values: the smallest kept one that holds them, or a new one (zeroed
     /// on every thread). The values are whatever they were.
     fn take(&mut self, len: usize) -> Vec<f32> {
         let best = (0..self.0.len())
-            .filter(|&i| self.0[i].capacity() >= len)
-            .min_by_key(|&i| self.0[i].capacity());
+            .filter(|&i| self.0[i].0.capacity() >= len)
+            .min_by_key(|&i| self.0[i].0.capacity());
         let mut v = match best {
-            Some(i) => self.0.swap_remove(i),
+            Some(i) => self.0.swap_remove(i).0,
             None => Vec::with_capacity(len),
         };
         if v.len() >= len {
@@ -76,7 +78,16 @@ impl Buffers {
 
     /// Keeps `m`'s buffer for a later map.
     pub(crate) fn give(&mut self, m: Map) {
-        self.0.push(m.data);
+        self.0.push((m.data, true));
+    }
+
+    /// Drops the buffers that no map took since the last call (a pass at batch 8 after one
+    /// at batch 1 does not keep both passes' buffers), and marks the others unused.
+    pub(crate) fn end_pass(&mut self) {
+        self.0.retain(|b| b.1);
+        for b in &mut self.0 {
+            b.1 = false;
+        }
     }
 }
 
@@ -325,10 +336,12 @@ pub(crate) fn conv(
     }
     let mut out = Map::for_output(bufs, x.b, oh, ow, op, 1);
     let (k, s, c) = (pc.k, pc.s, pc.c);
-    // Offsets of the taps from a pixel's first tap, in floats.
-    let taps: Vec<usize> = (0..k * k)
-        .map(|t| ((t / k) * x.row_pixels() + t % k) * c)
-        .collect();
+    // The taps of one kernel row, `(ky, 0..k)`, are `k` neighbouring pixels: `k·c` values
+    // in a row, in the order of the packed weight's rows. So the reduction runs as `k` runs
+    // of `k·c` values (a 7x7 stem on 3 channels: 7 runs of 21, not 49 of 3), each starting
+    // at a row's offset from a pixel's first tap, in floats.
+    let taps: Vec<usize> = (0..k).map(|ky| ky * x.row_pixels() * c).collect();
+    let run = k * c;
     // The stored coordinate of tap (0, 0) for output (0, 0): the padding is the border.
     let off = x.border - pc.p;
     let panels = op / NR;
@@ -358,42 +371,65 @@ pub(crate) fn conv(
         let (r0, r1) = (rc * rows / row_chunks, (rc + 1) * rows / row_chunks);
         let (p0, p1) = (pg * panels / panel_groups, (pg + 1) * panels / panel_groups);
         let plen = k * k * c * NR;
-        for p in p0..p1 {
-            let panel = &pc.weight.view().data[p * plen..(p + 1) * plen];
-            let bias = &pc.bias[p * NR..(p + 1) * NR];
-            // The next panel of this task is brought into L2 while this one runs, a share
-            // of its lines by each block.
-            let next = if p + 1 < p1 {
-                pc.weight.view().data[(p + 1) * plen..].as_ptr()
-            } else {
-                std::ptr::null()
-            };
-            let panel_lines = if next.is_null() { 0 } else { plen / 16 };
-            let mut pf_line = 0;
-            // The task's output pixels, row after row, in blocks of at most 12 as even as
-            // possible (a block may span rows: 7x7 maps run as 10, 10, 10, 10, 9).
-            let total = (r1 - r0) * ow;
-            let nb = total.div_ceil(12);
-            let mut q = 0;
-            for bi in 0..nb {
+        // The task's output pixels, row after row, in blocks of at most 12 as even as
+        // possible (a block may span rows: 7x7 maps run as 10, 10, 10, 10, 9): where each
+        // pixel's first tap is in `x` and its first channel in `out`, found once for every
+        // panel by walking the pixels (no division a pixel: a 1x1 or stem convolution's
+        // reduction is short enough for that to show).
+        let total = (r1 - r0) * ow;
+        let nb = total.div_ceil(12);
+        let (mut i, mut y, mut xx) = (r0 / oh, r0 % oh, 0);
+        let blocks: Vec<(usize, [usize; 12], [usize; 12])> = (0..nb)
+            .map(|bi| {
                 let n = total / nb + usize::from(bi < total % nb);
                 let mut apix = [0usize; 12];
                 let mut opix = [0usize; 12];
-                for (j, (ap, opx)) in apix.iter_mut().zip(opix.iter_mut()).take(n).enumerate() {
-                    let (r, xx) = (r0 + (q + j) / ow, (q + j) % ow);
-                    let (i, y) = (r / oh, r % oh);
+                for (ap, opx) in apix.iter_mut().zip(opix.iter_mut()).take(n) {
                     *ap = x.at(i, y * s + off, off) + xx * s * c;
                     // Output pixel `xx` of row `y`: stored pixel xx + 1 of stored row y + 1.
-                    *opx = ((i * oir + y + 1) * orp + 1 + xx) * op + p * NR;
+                    *opx = ((i * oir + y + 1) * orp + 1 + xx) * op;
                     debug_assert!(
-                        *opx + NR <= out_len && *ap + taps[taps.len() - 1] + c <= xd.len()
+                        *opx + op <= out_len && *ap + taps[taps.len() - 1] + run <= xd.len()
                     );
+                    xx += 1;
+                    if xx == ow {
+                        xx = 0;
+                        y += 1;
+                        if y == oh {
+                            y = 0;
+                            i += 1;
+                        }
+                    }
+                }
+                (n, apix, opix)
+            })
+            .collect();
+        for p in p0..p1 {
+            let panel = &pc.weight.view().data[p * plen..(p + 1) * plen];
+            let bias = &pc.bias[p * NR..(p + 1) * NR];
+            // The next panel is brought into L2 while this one runs, a share of its lines by
+            // each block: this task's next, or else the next task's first (tasks in order
+            // mostly run on one thread, each thread taking a range of them).
+            let next_panel = if p + 1 < p1 {
+                Some(p + 1)
+            } else {
+                (t + 1 < ntasks).then(|| (t + 1) % panel_groups * panels / panel_groups)
+            };
+            let next = match next_panel {
+                Some(np) => pc.weight.view().data[np * plen..].as_ptr(),
+                None => std::ptr::null(),
+            };
+            let panel_lines = if next.is_null() { 0 } else { plen / 16 };
+            let mut pf_line = 0;
+            for &(n, apix, mut opix) in &blocks {
+                for o in &mut opix[..n] {
+                    *o += p * NR;
                 }
                 let job = Job {
                     a: xd,
                     apix,
                     taps: &taps,
-                    c,
+                    run,
                     panel,
                     bias,
                     res,
@@ -403,8 +439,8 @@ pub(crate) fn conv(
                     prefetch: panel_lines.saturating_sub(pf_line).min(plen / NR),
                 };
                 pf_line += plen / NR;
-                // SAFETY: the kernels read, for each of the `n` pixels, its taps' `c` channels
-                // from `apix` on (inside `x`: the last tap of a pixel lies inside its image,
+                // SAFETY: the kernels read, for each of the `n` pixels, `run` values from each
+                // of its kernel rows' offsets past `apix` (inside `x`: the last tap of a pixel lies inside its image,
                 // the padding being the border), `k·k·c` panel rows, and write that pixel's
                 // 32 channels at `opix` (inside `out`, and of the same layout as the shortcut);
                 // checked above in debug builds. Tasks partition (output pixels x panels), so
@@ -417,7 +453,6 @@ pub(crate) fn conv(
                         kernels::run256(n, &job, ptr.get());
                     }
                 }
-                q += n;
             }
         }
     });
@@ -431,11 +466,11 @@ struct Job<'a> {
     a: &'a [f32],
     /// Where each pixel's first tap is in `a` (`n` of them used).
     apix: [usize; 12],
-    /// Offsets of the taps from a pixel's first tap.
+    /// Offsets of each kernel row's taps from a pixel's first tap.
     taps: &'a [usize],
-    /// Channels a tap.
-    c: usize,
-    /// The panel: `taps.len()·c` rows of 32.
+    /// Values a kernel row: `k` taps of the stored channels.
+    run: usize,
+    /// The panel: `taps.len()·run` rows of 32.
     panel: &'a [f32],
     /// The panel's 32 bias values.
     bias: &'a [f32],
@@ -540,7 +575,7 @@ mod kernels {
         let mut pf = job.next;
         for &t in job.taps {
             let rows: [*const f32; R] = core::array::from_fn(|r| a0.add(job.apix[r] + t));
-            for cc in 0..job.c {
+            for cc in 0..job.run {
                 if PF {
                     // A hint: past the next panel's end (its last share) it reads nothing.
                     _mm_prefetch::<_MM_HINT_T1>(pf.cast());
@@ -622,7 +657,7 @@ mod kernels {
         let mut b = job.panel.as_ptr();
         for &t in job.taps {
             let rows: [*const f32; R] = core::array::from_fn(|r| a0.add(job.apix[r] + t));
-            for cc in 0..job.c {
+            for cc in 0..job.run {
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(16 * NR).cast());
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));

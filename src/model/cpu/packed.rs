@@ -72,7 +72,12 @@ pub(crate) struct PackedB {
     k: usize,
     n: usize,
     layout: Layout,
+    /// The packed values from `start` on, with up to 15 values of slack before them.
     data: Arc<[f32]>,
+    /// Where the values begin in `data`: the first 64-byte boundary, so that the kernels'
+    /// 64-byte loads of a panel row never straddle two cache lines (an `Arc`'s values begin
+    /// 16 bytes into its allocation, so they would otherwise all be split loads).
+    start: usize,
 }
 
 impl std::fmt::Debug for PackedB {
@@ -113,15 +118,28 @@ impl PackedB {
         // Element `i` of the packed data, in storage order (`Layout::index` inverted): panel
         // `i / (k * 32)`, then block, row and column within the panel.
         let w = layout.width();
-        let data: Arc<[f32]> = (0..k * n)
-            .map(|i| {
-                let (panel, r) = (i / (k * NR), i % (k * NR));
-                let (block, r) = (r / (k * w), r % (k * w));
-                let (kk, jj) = (r / w, r % w);
-                at(kk, panel * NR + block * w + jj)
-            })
-            .collect();
-        Some(PackedB { k, n, layout, data })
+        // The allocation, then the values written from its first 64-byte boundary on.
+        let mut data: Arc<[f32]> = std::iter::repeat_n(0f32, k * n + 15).collect();
+        let start = (data.as_ptr() as usize).wrapping_neg() % 64 / 4;
+        let values = &mut Arc::get_mut(&mut data)?[start..start + k * n];
+        for (i, v) in values.iter_mut().enumerate() {
+            let (panel, r) = (i / (k * NR), i % (k * NR));
+            let (block, r) = (r / (k * w), r % (k * w));
+            let (kk, jj) = (r / w, r % w);
+            *v = at(kk, panel * NR + block * w + jj);
+        }
+        Some(PackedB {
+            k,
+            n,
+            layout,
+            data,
+            start,
+        })
+    }
+
+    /// The packed values, in storage order.
+    fn values(&self) -> &[f32] {
+        &self.data[self.start..self.start + self.k * self.n]
     }
 
     /// The matrix back as `k x n` row-major values (exact: packing only moves them).
@@ -129,7 +147,7 @@ impl PackedB {
         let mut out = vec![0f32; self.k * self.n];
         for kk in 0..self.k {
             for j in 0..self.n {
-                out[kk * self.n + j] = self.data[self.layout.index(self.k, kk, j)];
+                out[kk * self.n + j] = self.values()[self.layout.index(self.k, kk, j)];
             }
         }
         out
@@ -151,7 +169,7 @@ impl PackedB {
             k: self.k,
             n: self.n,
             layout: self.layout,
-            data: &self.data,
+            data: self.values(),
         }
     }
 }
@@ -749,7 +767,7 @@ mod tests {
                 .copied()
                 .collect();
             pack_rows(&wide, (k, n), n + 3, layout, &mut buf);
-            assert_eq!(&buf[..], &packed.data[..], "{layout:?}");
+            assert_eq!(&buf[..], packed.values(), "{layout:?}");
         }
     }
 
@@ -770,7 +788,11 @@ mod tests {
                 return;
             };
             let b = PackedB::with_layout(&wt, inp, out, layout).expect("AVX2 present");
-            assert_eq!(&a.data[..], &b.data[..], "{layout:?}");
+            assert_eq!(a.values(), b.values(), "{layout:?}");
+            // The values start on a cache line, so no 64-byte load of a panel row is split.
+            for p in [&a, &b] {
+                assert_eq!(p.view().data.as_ptr() as usize % 64, 0, "{layout:?}");
+            }
             assert_eq!(a.dims(), (inp, out));
             assert_eq!(a.unpack(), wt, "{layout:?}");
             assert!(PackedB::from_out_in(&w[1..], out, inp, layout).is_none());
